@@ -1,0 +1,280 @@
+"""A pure-functional Llama / Qwen2 / Qwen3 decoder.
+
+Params are a plain nested dict; the L decoder blocks are stacked on a leading `layers` axis and
+run with `lax.scan`, so compile time does not grow with depth. Every parameter and the main
+activations carry logical axis names (see `param_axes` and `parallel.constrain`), which the mesh
+rules map to devices.
+
+Shape suffixes: B batch, T query length, S cache length, D hidden, H query heads, K kv heads,
+G = H // K, Dh head dim, F mlp width, V vocab, L layers.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from adaptive_rl.models.config import ModelConfig
+from adaptive_rl.parallel import constrain
+
+Params = dict[str, Any]
+
+_NEG_INF = -1e30
+
+
+class KVCache(NamedTuple):
+  """Decoding state: keys / values per layer for a static number of slots S.
+
+  Sequences of a batch are written in lockstep (prompts are left-padded), so one scalar `index`
+  says where the next token goes; `valid` marks the slots that hold a real (non-pad) token.
+  """
+
+  k: jax.Array  # [L, B, S, K, Dh]
+  v: jax.Array  # [L, B, S, K, Dh]
+  valid: jax.Array  # [B, S] bool
+  index: jax.Array  # [] int32: number of slots written so far
+
+  @property
+  def max_len(self) -> int:
+    return self.k.shape[2]
+
+
+def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype: Any = None) -> KVCache:
+  """An empty cache with `max_len` slots per sequence."""
+  dtype = dtype or cfg.compute_dtype
+  shape = (cfg.num_layers, batch, max_len, cfg.num_kv_heads, cfg.head_dim)
+  return KVCache(
+      k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype),
+      valid=jnp.zeros((batch, max_len), bool), index=jnp.zeros((), jnp.int32))
+
+
+def param_axes(cfg: ModelConfig) -> Params:
+  """Logical axis names of every parameter, a pytree matching `init`'s output."""
+  layers = {
+      "attn_norm": ("layers", "embed"),
+      "wq": ("layers", "embed", "heads", "head_dim"),
+      "wk": ("layers", "embed", "kv_heads", "head_dim"),
+      "wv": ("layers", "embed", "kv_heads", "head_dim"),
+      "wo": ("layers", "heads", "head_dim", "embed"),
+      "mlp_norm": ("layers", "embed"),
+      "w_gate": ("layers", "embed", "mlp"),
+      "w_up": ("layers", "embed", "mlp"),
+      "w_down": ("layers", "mlp", "embed"),
+  }
+  if cfg.qkv_bias:
+    layers.update(bq=("layers", "heads", "head_dim"), bk=("layers", "kv_heads", "head_dim"),
+                  bv=("layers", "kv_heads", "head_dim"))
+  if cfg.qk_norm:
+    layers.update(q_norm=("layers", "head_dim"), k_norm=("layers", "head_dim"))
+  axes = {"embed": ("vocab", "embed"), "layers": layers, "final_norm": ("embed",)}
+  if not cfg.tie_embeddings:
+    axes["lm_head"] = ("embed", "vocab")
+  return axes
+
+
+def init(cfg: ModelConfig, rng: jax.Array, init_std: float = 0.02) -> Params:
+  """Random parameters (normal(0, init_std) matrices, unit norms, zero biases)."""
+  d, f, l = cfg.hidden_size, cfg.intermediate_size, cfg.num_layers
+  h, k, dh = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+  shapes = {
+      "embed": (cfg.vocab_size, d),
+      "layers": {
+          "wq": (l, d, h, dh), "wk": (l, d, k, dh), "wv": (l, d, k, dh), "wo": (l, h, dh, d),
+          "w_gate": (l, d, f), "w_up": (l, d, f), "w_down": (l, f, d),
+      },
+  }
+  if not cfg.tie_embeddings:
+    shapes["lm_head"] = (d, cfg.vocab_size)
+  leaves, treedef = jax.tree.flatten(shapes, is_leaf=lambda x: isinstance(x, tuple))
+  keys = jax.random.split(rng, len(leaves))
+  dtype = cfg.weight_dtype
+  params = jax.tree.unflatten(
+      treedef, [init_std * jax.random.normal(key, s, jnp.float32).astype(dtype)
+                for key, s in zip(keys, leaves)])
+  params["final_norm"] = jnp.ones((d,), dtype)
+  params["layers"]["attn_norm"] = jnp.ones((l, d), dtype)
+  params["layers"]["mlp_norm"] = jnp.ones((l, d), dtype)
+  if cfg.qkv_bias:
+    params["layers"]["bq"] = jnp.zeros((l, h, dh), dtype)
+    params["layers"]["bk"] = jnp.zeros((l, k, dh), dtype)
+    params["layers"]["bv"] = jnp.zeros((l, k, dh), dtype)
+  if cfg.qk_norm:
+    params["layers"]["q_norm"] = jnp.ones((l, dh), dtype)
+    params["layers"]["k_norm"] = jnp.ones((l, dh), dtype)
+  return params
+
+
+def rms_norm(x: jax.Array, w: jax.Array, eps: float) -> jax.Array:
+  """RMSNorm in float32, cast back to x's dtype before the scale (as transformers does)."""
+  x32 = x.astype(jnp.float32)
+  y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+  return w.astype(x.dtype) * y.astype(x.dtype)
+
+
+def rope_inv_freq(cfg: ModelConfig) -> jax.Array:
+  """Inverse frequencies [Dh/2], with linear or Llama-3.1 scaling applied."""
+  dh = cfg.head_dim
+  inv_freq = 1.0 / (cfg.rope_theta ** (jnp.arange(0, dh, 2, dtype=jnp.float32) / dh))
+  if cfg.rope_type == "linear":
+    inv_freq = inv_freq / cfg.rope_factor
+  elif cfg.rope_type == "llama3":
+    old = cfg.rope_original_max_positions
+    low_wavelen = old / cfg.rope_low_freq_factor
+    high_wavelen = old / cfg.rope_high_freq_factor
+    wavelen = 2 * math.pi / inv_freq
+    scaled = jnp.where(wavelen > low_wavelen, inv_freq / cfg.rope_factor, inv_freq)
+    smooth = (old / wavelen - cfg.rope_low_freq_factor) / (
+        cfg.rope_high_freq_factor - cfg.rope_low_freq_factor)
+    smoothed = (1 - smooth) * scaled / cfg.rope_factor + smooth * scaled
+    medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+    inv_freq = jnp.where(medium, smoothed, scaled)
+  return inv_freq
+
+
+def apply_rope(x_BTND: jax.Array, positions_BT: jax.Array, inv_freq: jax.Array) -> jax.Array:
+  """Rotary embedding, transformers' rotate-half convention (first half / second half)."""
+  freqs = positions_BT.astype(jnp.float32)[..., None] * inv_freq  # [B, T, Dh/2]
+  cos = jnp.cos(freqs)[:, :, None, :]
+  sin = jnp.sin(freqs)[:, :, None, :]
+  x = x_BTND.astype(jnp.float32)
+  x1, x2 = jnp.split(x, 2, axis=-1)
+  out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return out.astype(x_BTND.dtype)
+
+
+def positions_from_mask(mask_BT: jax.Array) -> jax.Array:
+  """Positions 0, 1, ... counted over real tokens only (left padding gets position 0)."""
+  return jnp.maximum(jnp.cumsum(mask_BT.astype(jnp.int32), axis=-1) - 1, 0)
+
+
+def _attention(cfg: ModelConfig, q_BTHD, k_BSKD, v_BSKD, mask_BTS) -> jax.Array:
+  b, t, _, dh = q_BTHD.shape
+  kh = cfg.num_kv_heads
+  q = q_BTHD.reshape(b, t, kh, cfg.num_heads // kh, dh)
+  scores = jnp.einsum("btkgd,bskd->bkgts", q, k_BSKD,
+                      preferred_element_type=jnp.float32) / math.sqrt(dh)
+  scores = jnp.where(mask_BTS[:, None, None, :, :], scores, _NEG_INF)
+  probs = jax.nn.softmax(scores, axis=-1).astype(v_BSKD.dtype)
+  out = jnp.einsum("bkgts,bskd->btkgd", probs, v_BSKD)
+  return out.reshape(b, t, cfg.num_heads, dh)
+
+
+def _block(cfg: ModelConfig, inv_freq, x_BTD, layer, positions_BT, mask_BTS, kv):
+  """One decoder block. `kv` is (k_cache, v_cache, index) or None; returns (x, new_kv)."""
+  dt = cfg.compute_dtype
+  h = rms_norm(x_BTD, layer["attn_norm"], cfg.rms_norm_eps)
+  q = jnp.einsum("btd,dhk->bthk", h, layer["wq"].astype(dt))
+  k = jnp.einsum("btd,dhk->bthk", h, layer["wk"].astype(dt))
+  v = jnp.einsum("btd,dhk->bthk", h, layer["wv"].astype(dt))
+  if cfg.qkv_bias:
+    q, k, v = q + layer["bq"].astype(dt), k + layer["bk"].astype(dt), v + layer["bv"].astype(dt)
+  if cfg.qk_norm:
+    q = rms_norm(q, layer["q_norm"], cfg.rms_norm_eps)
+    k = rms_norm(k, layer["k_norm"], cfg.rms_norm_eps)
+  q = constrain(apply_rope(q, positions_BT, inv_freq), ("batch", "length", "heads", "head_dim"))
+  k = constrain(apply_rope(k, positions_BT, inv_freq), ("batch", "length", "kv_heads", "head_dim"))
+  if kv is None:
+    new_kv = None
+    keys, values = k, v
+  else:
+    k_cache, v_cache, index = kv
+    k_cache = jax.lax.dynamic_update_slice_in_dim(k_cache, k.astype(k_cache.dtype), index, 1)
+    v_cache = jax.lax.dynamic_update_slice_in_dim(v_cache, v.astype(v_cache.dtype), index, 1)
+    new_kv = (k_cache, v_cache)
+    keys, values = k_cache.astype(dt), v_cache.astype(dt)
+  attn = _attention(cfg, q, keys, values, mask_BTS)
+  x_BTD = x_BTD + jnp.einsum("bthk,hkd->btd", attn, layer["wo"].astype(dt))
+  x_BTD = constrain(x_BTD, ("batch", "length", "embed"))
+  h = rms_norm(x_BTD, layer["mlp_norm"], cfg.rms_norm_eps)
+  gate = jnp.einsum("btd,df->btf", h, layer["w_gate"].astype(dt))
+  up = jnp.einsum("btd,df->btf", h, layer["w_up"].astype(dt))
+  mlp = constrain(jax.nn.silu(gate) * up, ("batch", "length", "mlp"))
+  x_BTD = x_BTD + jnp.einsum("btf,fd->btd", mlp, layer["w_down"].astype(dt))
+  return constrain(x_BTD, ("batch", "length", "embed")), new_kv
+
+
+_REMAT_POLICIES = {
+    "full": None,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+}
+
+
+def apply(cfg: ModelConfig, params: Params, tokens_BT: jax.Array,
+          positions_BT: jax.Array | None = None, *, cache: KVCache | None = None,
+          segment_ids_BT: jax.Array | None = None, return_hidden: bool = False,
+          ) -> tuple[jax.Array, KVCache | None]:
+  """Runs the decoder.
+
+  Args:
+    cfg: the model's static config.
+    params: parameters from `init` / `from_hf`.
+    tokens_BT: int32 token ids [B, T].
+    positions_BT: RoPE positions; default `positions_from_mask(segment_ids != 0)`.
+    cache: a `KVCache`; when given, the T tokens are written at slots [index, index + T) and
+      attend to every valid earlier slot (prefill when T > 1, decode when T == 1).
+    segment_ids_BT: int [B, T]; 0 marks padding, equal non-zero ids attend to each other
+      (several sequences packed in one row). Default: all ones (one sequence per row).
+    return_hidden: return the final normed hidden states [B, T, D] instead of logits, so
+      callers can project to the vocabulary in chunks (`unembed`).
+
+  Returns:
+    (logits [B, T, V] float32, or hidden [B, T, D]) and the updated cache (None without one).
+  """
+  b, t = tokens_BT.shape
+  if segment_ids_BT is None:
+    segment_ids_BT = jnp.ones((b, t), jnp.int32)
+  real_BT = segment_ids_BT != 0
+  if positions_BT is None:
+    positions_BT = positions_from_mask(real_BT)
+    if cache is not None:
+      raise ValueError("apply: positions are required with a cache (they continue the prefix)")
+  dt = cfg.compute_dtype
+  x = jnp.take(params["embed"], tokens_BT, axis=0).astype(dt)
+  x = constrain(x, ("batch", "length", "embed"))
+  inv_freq = rope_inv_freq(cfg)
+
+  if cache is None:
+    seg = segment_ids_BT
+    causal = jnp.tril(jnp.ones((t, t), bool))
+    mask = causal[None] & (seg[:, :, None] == seg[:, None, :]) & real_BT[:, None, :]
+    valid = None
+  else:
+    s = cache.max_len
+    valid = jax.lax.dynamic_update_slice_in_dim(cache.valid, real_BT, cache.index, 1)
+    slot_q = cache.index + jnp.arange(t)
+    causal = jnp.arange(s)[None, :] <= slot_q[:, None]  # [T, S]
+    mask = causal[None] & valid[:, None, :]
+
+  def body(x, xs):
+    layer, kv = xs
+    if kv is not None:
+      kv = (kv[0], kv[1], cache.index)
+    return _block(cfg, inv_freq, x, layer, positions_BT, mask, kv)
+
+  if cfg.remat != "none":
+    body = jax.checkpoint(body, policy=_REMAT_POLICIES[cfg.remat], prevent_cse=False)
+  kv_xs = None if cache is None else (cache.k, cache.v)
+  x, new_kv = jax.lax.scan(body, x, (params["layers"], kv_xs))
+  x = rms_norm(x, params["final_norm"], cfg.rms_norm_eps)
+  new_cache = None
+  if cache is not None:
+    new_cache = KVCache(k=new_kv[0], v=new_kv[1], valid=valid, index=cache.index + t)
+  if return_hidden:
+    return x, new_cache
+  return unembed(cfg, params, x), new_cache
+
+
+def unembed(cfg: ModelConfig, params: Params, hidden: jax.Array) -> jax.Array:
+  """Projects hidden states [..., D] to float32 logits [..., V]."""
+  dt = cfg.compute_dtype
+  if cfg.tie_embeddings:
+    w = params["embed"].astype(dt)
+    logits = jnp.einsum("...d,vd->...v", hidden.astype(dt), w, preferred_element_type=jnp.float32)
+  else:
+    w = params["lm_head"].astype(dt)
+    logits = jnp.einsum("...d,dv->...v", hidden.astype(dt), w, preferred_element_type=jnp.float32)
+  return logits
