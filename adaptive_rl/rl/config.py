@@ -1,0 +1,228 @@
+"""Typed run settings, built from an ml_collections ConfigDict at the edge.
+
+`parse_config(config)` turns the experiment's ConfigDict into frozen dataclasses; an unknown key
+fails here, at launch, naming the key and suggesting the nearest valid name, and every value is
+checked by its dataclass's `__post_init__`. Library code below the trainer sees only these types.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from typing import Any
+
+from adaptive_rl.rl.losses import LossConfig
+from adaptive_rl.rl.step import StepConfig
+from adaptive_rl.rl.train_state import OptimizerConfig
+
+
+class ConfigError(ValueError):
+  """A bad config key or value, reported at launch."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSection:
+  """Which model: a preset (random init) or a HF checkpoint, plus ModelConfig field overrides."""
+
+  preset: str = "micro"
+  hf_path: str = ""
+  overrides: tuple[tuple[str, Any], ...] = ()
+  init_std: float = 0.02
+
+
+@dataclasses.dataclass(frozen=True)
+class SFTConfig:
+  """Supervised warm start on the task's demonstrations (0 steps = off)."""
+
+  steps: int = 300
+  batch_size: int = 64
+  lr: float = 3e-3
+  warmup_steps: int = 20
+  weight_decay: float = 0.0
+
+  def __post_init__(self):
+    if self.steps < 0 or self.batch_size < 1:
+      raise ConfigError(f"sft.steps must be >= 0 and sft.batch_size >= 1, got {self.steps} / "
+                        f"{self.batch_size}")
+
+
+@dataclasses.dataclass(frozen=True)
+class RLConfig:
+  """The RL phase: rollout sizes, sampling, optimizer and loss settings."""
+
+  steps: int = 100
+  batch_prompts: int = 32
+  group_size: int = 8
+  temperature: float = 1.0
+  top_k: int = 0
+  top_p: float = 1.0
+  max_new_tokens: int = 0  # 0: the task's completion budget
+  lr: float = 1e-3
+  warmup_steps: int = 0
+  decay: str = "constant"
+  min_lr_ratio: float = 0.0
+  weight_decay: float = 0.0
+  grad_clip: float = 1.0
+  b1: float = 0.9
+  b2: float = 0.999
+  ppo_epochs: int = 1
+  mini_batches: int = 1
+  micro_batches: int = 1
+  recompute_old_logp: bool = False
+  logprob_chunk: int = 0
+  eps_low: float = 0.2
+  eps_high: float = 0.28
+  dual_clip: float = 3.0  # 0 = off
+  kl_coef: float = 0.0
+  kl_estimator: str = "k3"
+  entropy_coef: float = 0.0
+  loss_agg: str = "token-mean"
+  adv_estimator: str = "grpo"
+  adv_clip: float = 0.0
+  tau: float = 0.5
+  overlong_buffer: int = 0
+  mask_truncated: bool = False
+  max_consecutive_nan: int = 5
+
+  def __post_init__(self):
+    for name in ("steps", "batch_prompts", "group_size"):
+      if getattr(self, name) < 1:
+        raise ConfigError(f"rl.{name} must be >= 1, got {getattr(self, name)}")
+    if self.max_new_tokens < 0:
+      raise ConfigError(f"rl.max_new_tokens must be >= 0, got {self.max_new_tokens}")
+    if self.temperature < 0:
+      raise ConfigError(f"rl.temperature must be >= 0, got {self.temperature}")
+    if self.max_consecutive_nan < 1:
+      raise ConfigError(f"rl.max_consecutive_nan must be >= 1, got {self.max_consecutive_nan}")
+
+  def loss(self) -> LossConfig:
+    try:
+      return LossConfig(eps_low=self.eps_low, eps_high=self.eps_high,
+                        dual_clip=self.dual_clip or None, kl_coef=self.kl_coef,
+                        kl_estimator=self.kl_estimator, entropy_coef=self.entropy_coef,
+                        loss_agg=self.loss_agg, max_len=self.max_new_tokens or None,
+                        adv_clip=self.adv_clip or None)
+    except ValueError as e:
+      raise ConfigError(f"rl: {e}") from None
+
+  def step(self, max_new_tokens: int) -> StepConfig:
+    loss = self.loss()
+    if loss.max_len is None and self.loss_agg == "seq-mean-token-sum-norm":
+      loss = dataclasses.replace(loss, max_len=max_new_tokens)
+    return StepConfig(
+        loss=loss, ppo_epochs=self.ppo_epochs, mini_batches=self.mini_batches,
+        micro_batches=self.micro_batches, recompute_old_logp=self.recompute_old_logp,
+        logprob_chunk=self.logprob_chunk, compute_entropy=True, tau=self.tau,
+        overlong_buffer=self.overlong_buffer, mask_truncated=self.mask_truncated)
+
+  def optimizer(self) -> OptimizerConfig:
+    return OptimizerConfig(lr=self.lr, warmup_steps=self.warmup_steps, decay=self.decay,
+                           total_steps=self.steps, min_lr_ratio=self.min_lr_ratio, b1=self.b1,
+                           b2=self.b2, weight_decay=self.weight_decay, grad_clip=self.grad_clip)
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+  """Held-out evaluation: every N RL steps (0 = only at start and end), greedy by default."""
+
+  every: int = 10
+  batch_size: int = 500
+  limit: int = 0  # evaluate at most this many held-out prompts (0 = all)
+
+  def __post_init__(self):
+    if self.every < 0 or self.batch_size < 1 or self.limit < 0:
+      raise ConfigError("eval.every >= 0, eval.batch_size >= 1 and eval.limit >= 0 required")
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointConfig:
+  """Checkpoint every N RL steps and at the end; keep the last `keep` (+ every `keep_every`)."""
+
+  every: int = 25
+  keep: int = 2
+  keep_every: int = 0
+
+  def __post_init__(self):
+    if self.every < 0 or self.keep < 1 or self.keep_every < 0:
+      raise ConfigError("checkpoint.every >= 0, checkpoint.keep >= 1, keep_every >= 0 required")
+
+
+@dataclasses.dataclass(frozen=True)
+class LogConfig:
+  tensorboard: bool = True
+  progress: bool = True
+  plots: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+  """Everything a run needs, typed."""
+
+  seed: int
+  task_name: str
+  task_settings: tuple[tuple[str, Any], ...]
+  model: ModelSection
+  sft: SFTConfig
+  rl: RLConfig
+  allocator: tuple[tuple[str, Any], ...]
+  eval: EvalConfig
+  checkpoint: CheckpointConfig
+  log: LogConfig
+  raw: dict[str, Any]  # the whole config as a plain dict, recorded in the workdir
+
+
+def _suggest(key: str, valid) -> str:
+  close = difflib.get_close_matches(key, list(valid), n=1)
+  return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _section(cls, values: dict[str, Any], name: str):
+  fields = {f.name for f in dataclasses.fields(cls)}
+  for key in values:
+    if key not in fields:
+      raise ConfigError(f"unknown config key {name}.{key}{_suggest(key, fields)} "
+                        f"(valid keys of {name}: {sorted(fields)})")
+  try:
+    return cls(**values)
+  except ConfigError:
+    raise
+  except (TypeError, ValueError) as e:
+    raise ConfigError(f"bad value in config section {name!r}: {e}") from None
+
+
+_TOP = ("seed", "task", "model", "sft", "rl", "allocator", "eval", "checkpoint", "log")
+
+
+def parse_config(config) -> RunConfig:
+  """ConfigDict (or nested dict) -> RunConfig; raises ConfigError naming any bad key."""
+  raw = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+  for key in raw:
+    if key not in _TOP:
+      raise ConfigError(f"unknown config key {key!r}{_suggest(key, _TOP)} (valid top-level "
+                        f"keys: {list(_TOP)})")
+  task = dict(raw.get("task", {}))
+  if "name" not in task:
+    raise ConfigError("config.task.name is required (e.g. 'arithmetic')")
+  task_name = task.pop("name")
+  model = dict(raw.get("model", {}))
+  model_fields = {f.name for f in dataclasses.fields(ModelSection)} - {"overrides"}
+  overrides = tuple(sorted((k, v) for k, v in model.items() if k not in model_fields))
+  model = {k: v for k, v in model.items() if k in model_fields}
+  from adaptive_rl.models import ModelConfig  # pylint: disable=import-outside-toplevel
+  arch_fields = {f.name for f in dataclasses.fields(ModelConfig)}
+  for key, _ in overrides:
+    if key not in arch_fields:
+      raise ConfigError(f"unknown config key model.{key}"
+                        f"{_suggest(key, arch_fields | model_fields)}")
+  return RunConfig(
+      seed=int(raw.get("seed", 0)),
+      task_name=task_name,
+      task_settings=tuple(sorted(task.items())),
+      model=_section(ModelSection, {**model, "overrides": overrides}, "model"),
+      sft=_section(SFTConfig, dict(raw.get("sft", {})), "sft"),
+      rl=_section(RLConfig, dict(raw.get("rl", {})), "rl"),
+      allocator=tuple(sorted(dict(raw.get("allocator", {"name": "uniform"})).items())),
+      eval=_section(EvalConfig, dict(raw.get("eval", {})), "eval"),
+      checkpoint=_section(CheckpointConfig, dict(raw.get("checkpoint", {})), "checkpoint"),
+      log=_section(LogConfig, dict(raw.get("log", {})), "log"),
+      raw=raw)

@@ -1,0 +1,78 @@
+"""Per-token log-probabilities of completions, computed in vocabulary-sized chunks.
+
+The model returns hidden states; each chunk of positions is projected to the vocabulary,
+log-softmaxed and gathered inside `jax.checkpoint`, so neither the forward nor the backward pass
+ever holds float32 logits for the whole [B, N, V] batch at once.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from adaptive_rl.models import ModelConfig, Params, apply, positions_from_mask, unembed
+
+
+def sequence_mask(prompt_lengths_B: jax.Array, completion_lengths_B: jax.Array, prompt_len: int,
+                  completion_len: int) -> jax.Array:
+  """[B, P + N] int32 segment ids: 1 on real prompt and completion tokens, 0 on padding."""
+  p_idx = jnp.arange(prompt_len)[None, :]
+  c_idx = jnp.arange(completion_len)[None, :]
+  prompt = p_idx >= (prompt_len - prompt_lengths_B)[:, None]
+  completion = c_idx < completion_lengths_B[:, None]
+  return jnp.concatenate([prompt, completion], axis=1).astype(jnp.int32)
+
+
+def completion_logprobs(model_cfg: ModelConfig, params: Params, prompts_BP: jax.Array,
+                        prompt_lengths_B: jax.Array, completions_BN: jax.Array,
+                        completion_lengths_B: jax.Array, *, chunk_size: int = 0,
+                        with_entropy: bool = False) -> tuple[jax.Array, jax.Array | None]:
+  """log pi(completion token | prefix) for every completion position.
+
+  Args:
+    model_cfg: model config.
+    params: model params.
+    prompts_BP: left-padded prompts.
+    prompt_lengths_B: real prompt lengths.
+    completions_BN: sampled tokens (pad after eos).
+    completion_lengths_B: tokens generated including eos.
+    chunk_size: positions per vocabulary projection (0 = all N at once).
+    with_entropy: also return per-token entropies of the temperature-1 policy.
+
+  Returns:
+    (logp [B, N] float32, entropy [B, N] or None); positions past the length hold garbage that
+    callers mask.
+  """
+  p = prompts_BP.shape[1]
+  n = completions_BN.shape[1]
+  tokens = jnp.concatenate([prompts_BP, completions_BN], axis=1)
+  seg = sequence_mask(prompt_lengths_B, completion_lengths_B, p, n)
+  # Positions continue from the prompt through the completion (pad slots get any position).
+  positions = positions_from_mask(jnp.concatenate(
+      [seg[:, :p], jnp.ones_like(completions_BN)], axis=1))
+  hidden, _ = apply(model_cfg, params, tokens, positions, segment_ids_BT=seg, return_hidden=True)
+  # The hidden state at position t predicts token t + 1.
+  h = hidden[:, p - 1:p + n - 1]
+  chunk = n if chunk_size <= 0 else min(chunk_size, n)
+  pad = (-n) % chunk
+  targets = completions_BN
+  if pad:
+    h = jnp.pad(h, ((0, 0), (0, pad), (0, 0)))
+    targets = jnp.pad(targets, ((0, 0), (0, pad)))
+  b, total, d = h.shape
+  h_chunks = h.reshape(b, total // chunk, chunk, d).swapaxes(0, 1)
+  t_chunks = targets.reshape(b, total // chunk, chunk).swapaxes(0, 1)
+
+  @jax.checkpoint
+  def one(args):
+    hc, tc = args
+    logits = unembed(model_cfg, params, hc)
+    logp_all = jax.nn.log_softmax(logits, axis=-1)
+    lp = jnp.take_along_axis(logp_all, tc[..., None], axis=-1)[..., 0]
+    ent = -jnp.sum(jnp.exp(logp_all) * logp_all, axis=-1) if with_entropy else jnp.zeros_like(lp)
+    return lp, ent
+
+  lp, ent = jax.lax.map(one, (h_chunks, t_chunks))
+  lp = lp.swapaxes(0, 1).reshape(b, total)[:, :n]
+  ent = ent.swapaxes(0, 1).reshape(b, total)[:, :n]
+  return lp, (ent if with_entropy else None)

@@ -1,0 +1,91 @@
+"""The train state pytree and the optimizer built from typed settings."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a step reads and writes; checkpointed whole.
+
+  Attributes:
+    step: RL steps completed.
+    params: policy params.
+    opt_state: optax state.
+    ref_params: frozen reference params for the KL term (None when unused).
+    alloc: allocator state (per-prompt arrays sized for the whole dataset).
+    rng: the run's PRNG key, split each step.
+    counters: cumulative run counters (rollouts, tokens, skipped updates, ...).
+  """
+
+  step: jax.Array
+  params: Any
+  opt_state: Any
+  ref_params: Any
+  alloc: Any
+  rng: jax.Array
+  counters: dict[str, jax.Array]
+
+
+COUNTERS = ("rollouts", "tokens_generated", "nan_skips", "consecutive_nan_skips",
+            "reward_errors")
+
+
+def new_counters() -> dict[str, jax.Array]:
+  return {name: jnp.zeros((), jnp.int32 if name != "tokens_generated" else jnp.int32)
+          for name in COUNTERS}
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+  """AdamW with linear warm-up then constant or cosine decay, and global-norm clipping."""
+
+  lr: float = 1e-3
+  warmup_steps: int = 0
+  decay: str = "constant"  # constant | cosine
+  total_steps: int = 1
+  min_lr_ratio: float = 0.0
+  b1: float = 0.9
+  b2: float = 0.999
+  weight_decay: float = 0.0
+  grad_clip: float = 1.0
+
+  def __post_init__(self):
+    if not self.lr > 0:
+      raise ValueError(f"optimizer lr must be > 0, got {self.lr}")
+    if self.decay not in ("constant", "cosine"):
+      raise ValueError(f"optimizer decay must be 'constant' or 'cosine', got {self.decay!r}")
+    if self.warmup_steps < 0 or self.total_steps < 1:
+      raise ValueError("optimizer warmup_steps must be >= 0 and total_steps >= 1")
+    if self.grad_clip < 0:
+      raise ValueError(f"optimizer grad_clip must be >= 0 (0 = off), got {self.grad_clip}")
+
+  def schedule(self) -> optax.Schedule:
+    warm = max(self.warmup_steps, 0)
+    if self.decay == "cosine":
+      decay_steps = max(self.total_steps - warm, 1)
+      after = optax.cosine_decay_schedule(self.lr, decay_steps, alpha=self.min_lr_ratio)
+    else:
+      after = optax.constant_schedule(self.lr)
+    if not warm:
+      return after
+    return optax.join_schedules([optax.linear_schedule(0.0, self.lr, warm), after], [warm])
+
+  def make(self, mask: Any = None) -> optax.GradientTransformation:
+    """The optimizer; `mask` (a bool pytree) restricts updates and state to some params."""
+    parts = []
+    if self.grad_clip:
+      parts.append(optax.clip_by_global_norm(self.grad_clip))
+    parts.append(optax.adamw(self.schedule(), b1=self.b1, b2=self.b2,
+                             weight_decay=self.weight_decay))
+    tx = optax.chain(*parts)
+    if mask is not None:
+      tx = optax.masked(tx, mask)
+    return tx

@@ -1,0 +1,361 @@
+"""The trainer loop: SFT warm start, then RL steps of select -> sample -> reward -> train.
+
+  trainer = Trainer(parse_config(config), workdir)
+  summary = trainer.run()
+
+Everything per step runs in three jitted functions (begin, round, train step); the host only
+loops over sampling rounds (syncing on one bool when the budget has several), fetches metrics
+one step behind, evaluates, checkpoints and writes outputs. Re-running on the same workdir
+resumes from the latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import signal
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from adaptive_rl import models
+from adaptive_rl.allocation.registry import build_allocator
+from adaptive_rl.checkpoint import Checkpointer
+from adaptive_rl.metrics import MetricsWriter, read_metrics, write_json
+from adaptive_rl.rl.config import ConfigError, RunConfig
+from adaptive_rl.rl.evaluation import evaluate, make_eval_fn
+from adaptive_rl.rl.step import empty_pool, make_round_fn, make_train_step, sft_loss
+from adaptive_rl.rl.train_state import OptimizerConfig, TrainState, new_counters
+from adaptive_rl.sampling import Greedy, SamplerConfig, check_prompt_fits, make_strategy
+from adaptive_rl.tasks.builtin import make_task
+
+
+class Preempted(RuntimeError):
+  """Raised after a SIGTERM / SIGINT once the checkpoint is written."""
+
+
+class NumericalFailure(RuntimeError):
+  """Too many consecutive non-finite updates."""
+
+
+class Trainer:
+  """Builds everything a run needs from a `RunConfig` and runs it in `workdir`."""
+
+  def __init__(self, run: RunConfig, workdir: str):
+    self.run_cfg = run
+    self.workdir = os.path.abspath(workdir)
+    self.is_main = jax.process_index() == 0
+    rl = run.rl
+    try:
+      self.task = make_task(run.task_name, **dict(run.task_settings))
+    except (TypeError, ValueError) as e:
+      raise ConfigError(f"config.task: {e}") from None
+    self.tokenizer = self.task.tokenizer
+    self.train_data = self.task.split("train")
+    self.test_data = self.task.split("test")
+    self.max_new = rl.max_new_tokens or self.task.max_completion_len
+    self.model_cfg = self._model_config()
+    check_prompt_fits(self.model_cfg, self.train_data.prompts.shape[1], self.max_new)
+    if self.tokenizer.vocab_size > self.model_cfg.vocab_size:
+      raise ConfigError(f"tokenizer vocabulary {self.tokenizer.vocab_size} exceeds the model's "
+                        f"vocab_size {self.model_cfg.vocab_size}")
+    try:
+      self.allocator = build_allocator(
+          dict(run.allocator), batch_prompts=rl.batch_prompts, group_size=rl.group_size,
+          tau=rl.tau, adv_estimator=rl.adv_estimator, adv_clip=rl.adv_clip or None)
+    except ValueError as e:
+      raise ConfigError(f"config.allocator: {e}") from None
+    self.step_cfg = rl.step(self.max_new)
+    pool_rows = self.allocator.budget.num_slots * self.allocator.budget.max_rounds
+    train_rows = self.allocator.group.num_train_rows(pool_rows)
+    if train_rows % (rl.mini_batches * rl.micro_batches):
+      raise ConfigError(
+          f"rl.mini_batches * rl.micro_batches = {rl.mini_batches * rl.micro_batches} must "
+          f"divide the {train_rows} training rows per step")
+    if rl.batch_prompts * max(1, self.allocator.select.candidates_per_step() //
+                              rl.batch_prompts) > self.train_data.size:
+      raise ConfigError(f"rl.batch_prompts={rl.batch_prompts} exceeds the train split size "
+                        f"{self.train_data.size}")
+    self.tx = rl.optimizer().make()
+    strategy = make_strategy(rl.temperature, rl.top_k, rl.top_p)
+    eos = (self.tokenizer.eos_id,)
+    pad = self.tokenizer.pad_id
+    self.sampler_cfg = SamplerConfig(self.max_new, eos, pad, strategy)
+    self.eval_sampler_cfg = SamplerConfig(self.max_new, eos, pad, Greedy())
+    self.data = {k: jnp.asarray(getattr(self.train_data, k))
+                 for k in ("prompts", "prompt_lengths", "targets")}
+    self._build_fns(pool_rows)
+    self._stop_signal: int | None = None
+
+  # --- construction --------------------------------------------------------------------------
+
+  def _model_config(self) -> models.ModelConfig:
+    m = self.run_cfg.model
+    overrides = dict(m.overrides)
+    if m.hf_path:
+      return models.from_hf(m.hf_path, **overrides)[0]
+    overrides.setdefault("vocab_size", self.tokenizer.vocab_size)
+    overrides.setdefault("max_seq_len", self.train_data.prompts.shape[1] + self.max_new)
+    try:
+      return models.get_preset(m.preset, **overrides)
+    except (TypeError, ValueError) as e:
+      raise ConfigError(f"config.model: {e}") from None
+
+  def _init_params(self, key):
+    m = self.run_cfg.model
+    if m.hf_path:
+      return models.from_hf(m.hf_path, **dict(m.overrides))[1]
+    return models.init(self.model_cfg, key, init_std=m.init_std)
+
+  def _build_fns(self, pool_rows: int):
+    round_fn = make_round_fn(self.model_cfg, self.sampler_cfg, self.allocator, self.task.reward)
+    self._round = jax.jit(round_fn, donate_argnums=(1,))
+    self._train_step = jax.jit(
+        make_train_step(self.model_cfg, self.step_cfg, self.allocator, self.tx),
+        donate_argnums=(0,))
+    p = self.train_data.prompts.shape[1]
+    allocator = self.allocator
+
+    def begin(state: TrainState):
+      rng, k_sel, k_round = jax.random.split(state.rng, 3)
+      alloc, ids = allocator.choose(state.alloc, k_sel)
+      round_state = allocator.budget.start(alloc["budget"], ids)
+      pool = empty_pool(pool_rows, p, self.max_new)
+      return state.replace(alloc=alloc, rng=rng), ids, round_state, pool, k_round
+
+    self._begin = jax.jit(begin, donate_argnums=(0,))
+    self._eval_fn = make_eval_fn(self.model_cfg, self.eval_sampler_cfg, self.task.reward)
+
+  # --- state ---------------------------------------------------------------------------------
+
+  def init_state(self, params) -> TrainState:
+    key = jax.random.PRNGKey(self.run_cfg.seed)
+    k_alloc, k_run = jax.random.split(jax.random.fold_in(key, 1))
+    ref = params if self.step_cfg.needs_ref else None
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      opt_state=self.tx.init(params), ref_params=ref,
+                      alloc=self.allocator.init(self.train_data.size, k_alloc), rng=k_run,
+                      counters=new_counters())
+
+  def _abstract_state(self) -> TrainState:
+    params = jax.eval_shape(self._init_params, jax.random.PRNGKey(0))
+    return jax.eval_shape(self.init_state, params)
+
+  # --- SFT -----------------------------------------------------------------------------------
+
+  def sft(self, params, key) -> Any:
+    cfg = self.run_cfg.sft
+    if not cfg.steps:
+      return params
+    d = self.train_data
+    rows = np.nonzero(d.has_demo)[0]
+    if not rows.size:
+      raise ConfigError(f"sft.steps={cfg.steps} but task {self.task.name!r} has no demonstrations")
+    demo_len = (d.demos != self.tokenizer.pad_id).sum(1).astype(np.int32)
+    tx = OptimizerConfig(lr=cfg.lr, warmup_steps=cfg.warmup_steps, total_steps=cfg.steps,
+                         decay="cosine", min_lr_ratio=0.1, weight_decay=cfg.weight_decay).make()
+    opt = tx.init(params)
+    mc = self.model_cfg
+
+    @jax.jit
+    def step(params, opt, idx):
+      loss, grads = jax.value_and_grad(sft_loss, argnums=1)(
+          mc, params, jnp.asarray(d.prompts)[idx], jnp.asarray(d.prompt_lengths)[idx],
+          jnp.asarray(d.demos)[idx], jnp.asarray(demo_len)[idx], jnp.ones(idx.shape))
+      updates, opt = tx.update(grads, opt, params)
+      return optax.apply_updates(params, updates), opt, loss
+
+    rng = np.random.default_rng(int(jax.random.randint(key, (), 0, 2**31 - 1)))
+    for _ in range(cfg.steps):
+      idx = jnp.asarray(rng.choice(rows, size=cfg.batch_size, replace=rows.size < cfg.batch_size))
+      params, opt, loss = step(params, opt, idx)
+    self.sft_final_loss = float(loss)
+    return params
+
+  def eval_accuracy(self, params, tag: int = 0) -> dict[str, Any]:
+    e = self.run_cfg.eval
+    return evaluate(self._eval_fn, params, self.test_data, e.batch_size,
+                    jax.random.PRNGKey(tag), limit=e.limit)
+
+  # --- signals -------------------------------------------------------------------------------
+
+  def _install_signal_handlers(self):
+    def handler(signum, frame):
+      del frame
+      self._stop_signal = signum
+
+    self._old_handlers = {}
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      try:
+        self._old_handlers[sig] = signal.signal(sig, handler)
+      except ValueError:  # not the main thread (e.g. inside a notebook worker)
+        pass
+
+  def _restore_signal_handlers(self):
+    for sig, old in getattr(self, "_old_handlers", {}).items():
+      signal.signal(sig, old)
+
+  # --- main loop -----------------------------------------------------------------------------
+
+  def _check_workdir(self):
+    os.makedirs(self.workdir, exist_ok=True)
+    path = os.path.join(self.workdir, "config.json")
+    raw = json.loads(json.dumps(self.run_cfg.raw, default=str))
+    if os.path.exists(path):
+      with open(path) as f:
+        old = json.load(f)
+      if old != raw and not raw.get("force", False):
+        changed = sorted(k for k in set(old) | set(raw) if old.get(k) != raw.get(k))
+        raise ConfigError(
+            f"workdir {self.workdir} holds a run with a different config (sections differing: "
+            f"{changed}); use a new workdir to start a different run")
+    elif self.is_main:
+      write_json(path, raw)
+
+  def run(self) -> dict[str, Any]:
+    """Trains (or resumes) to the configured number of steps; returns the summary."""
+    run = self.run_cfg
+    self._check_workdir()
+    ckpt = Checkpointer(self.workdir, keep=run.checkpoint.keep,
+                        keep_every=run.checkpoint.keep_every or None)
+    t0 = time.time()
+    latest = ckpt.latest_step()
+    if latest is not None:
+      state, meta = ckpt.restore(latest, self._abstract_state())
+      elapsed0 = float(meta["wall_time_s"])
+      sft_acc = float(meta["sft_accuracy"])
+      sft_time = float(meta["sft_time_s"])
+      print(f"Resuming from checkpoint step {latest} in {self.workdir}")
+    else:
+      key = jax.random.PRNGKey(run.seed)
+      params = self._init_params(jax.random.fold_in(key, 0))
+      params = self.sft(params, jax.random.fold_in(key, 2))
+      sft_time = time.time() - t0
+      sft_acc = self.eval_accuracy(params)["accuracy"]
+      print(f"SFT warm start: held-out accuracy {sft_acc:.3f} ({sft_time:.1f} s)")
+      state = self.init_state(params)
+      elapsed0 = 0.0
+      ckpt.save(0, state, self._meta(0, sft_acc, sft_time, time.time() - t0))
+    start_step = int(state.step)
+    writer = MetricsWriter(self.workdir, resume_step=start_step,
+                           tensorboard=run.log.tensorboard, enabled=self.is_main)
+    self._install_signal_handlers()
+    samples_hist = np.zeros(0, np.int64)
+    pending = None
+    progress = None
+    if run.log.progress and self.is_main:
+      from tqdm.auto import tqdm  # pylint: disable=import-outside-toplevel
+      progress = tqdm(total=run.rl.steps, initial=start_step, desc="RL", dynamic_ncols=True)
+    last_eval: dict[str, Any] = {}
+    step_t = time.time()
+    try:
+      for step in range(start_step, run.rl.steps):
+        state, ids, round_state, pool, k_round = self._begin(state)
+        rounds = 0
+        budget = self.allocator.budget
+        for r in range(budget.max_rounds):
+          pool, round_state, done = self._round(
+              state.params, pool, round_state, state.alloc["budget"], ids, self.data,
+              jnp.int32(r), jax.random.fold_in(k_round, r))
+          rounds += 1
+          if budget.max_rounds > 1 and r + 1 < budget.max_rounds and bool(done):
+            break
+        state, metrics, counts = self._train_step(state, pool, ids, jnp.int32(rounds))
+        if pending is not None:  # fetch the previous step's metrics one step behind
+          samples_hist = self._emit(writer, progress, *pending, samples_hist)
+        now = time.time()
+        pending = (step + 1, metrics, counts, now - step_t, {})
+        step_t = now
+        done_steps = step + 1
+        if run.eval.every and done_steps % run.eval.every == 0 and done_steps < run.rl.steps:
+          last_eval = self.eval_accuracy(state.params, done_steps)
+          pending[4].update({f"eval_{k}": v for k, v in last_eval.items()})
+        if int(state.counters["consecutive_nan_skips"]) >= run.rl.max_consecutive_nan:
+          samples_hist = self._emit(writer, progress, *pending, samples_hist)
+          pending = None
+          raise NumericalFailure(
+              f"{int(state.counters['consecutive_nan_skips'])} consecutive updates had a "
+              f"non-finite loss or gradient (step {done_steps}); stopping with the last good "
+              f"state checkpointed")
+        if self._stop_signal is not None:
+          break
+        if run.checkpoint.every and done_steps % run.checkpoint.every == 0:
+          ckpt.save(done_steps, state, self._meta(done_steps, sft_acc, sft_time,
+                                                  elapsed0 + time.time() - t0))
+      if pending is not None:
+        samples_hist = self._emit(writer, progress, *pending, samples_hist)
+        pending = None
+    except NumericalFailure:
+      ckpt.save(int(state.step), state, self._meta(int(state.step), sft_acc, sft_time,
+                                                   elapsed0 + time.time() - t0))
+      ckpt.close()
+      writer.close()
+      raise
+    finally:
+      if progress is not None:
+        progress.close()
+      self._restore_signal_handlers()
+    wall = elapsed0 + time.time() - t0
+    final_step = int(state.step)
+    if self._stop_signal is not None:
+      ckpt.save(final_step, state, self._meta(final_step, sft_acc, sft_time, wall))
+      ckpt.close()
+      writer.close()
+      name = signal.Signals(self._stop_signal).name
+      raise Preempted(f"received {name}: checkpointed step {final_step} in {self.workdir}; "
+                      f"run the same command again to resume")
+    final = self.eval_accuracy(state.params, final_step)
+    ckpt.save(final_step, state, self._meta(final_step, sft_acc, sft_time, wall))
+    ckpt.close()
+    records = read_metrics(self.workdir)
+    summary = {
+        "sft_accuracy": sft_acc, "final_accuracy": final["accuracy"],
+        "final_eval": final, "steps": final_step,
+        "rollouts": int(state.counters["rollouts"]),
+        "tokens_generated": int(state.counters["tokens_generated"]),
+        "nan_skips": int(state.counters["nan_skips"]),
+        "wall_time_s": wall, "sft_time_s": sft_time,
+        "model_params": self.model_cfg.num_params(),
+        "last_loss": records[-1].get("loss") if records else None,
+        "config": self.run_cfg.raw,
+    }
+    if self.is_main:
+      write_json(os.path.join(self.workdir, "summary.json"), summary)
+      if run.log.plots:
+        from adaptive_rl.plots import plot_run  # pylint: disable=import-outside-toplevel
+        records.append({"step": final_step, "rollouts": summary["rollouts"],
+                        "eval_accuracy": final["accuracy"]})
+        records.insert(0, {"step": 0, "rollouts": 0, "eval_accuracy": sft_acc})
+        plot_run(records, os.path.join(self.workdir, "plots"), samples_hist)
+    writer.close()
+    print(f"Held-out accuracy: SFT {sft_acc:.3f} -> RL {final['accuracy']:.3f} after "
+          f"{summary['rollouts']} rollouts, {wall:.0f} s")
+    return summary
+
+  def _meta(self, step, sft_acc, sft_time, wall) -> dict[str, Any]:
+    return {"step": int(step), "sft_accuracy": float(sft_acc), "sft_time_s": float(sft_time),
+            "wall_time_s": float(wall)}
+
+  def _emit(self, writer, progress, step, metrics, counts, step_time, extra, samples_hist):
+    metrics, counts = jax.device_get((metrics, counts))
+    rec = {k: (float(v) if np.ndim(v) == 0 else v) for k, v in metrics.items()
+           if not k.startswith("total/")}
+    rec.update(rollouts=int(metrics["total/rollouts"]),
+               tokens_generated=int(metrics["total/tokens_generated"]),
+               nan_skips=int(metrics["total/nan_skips"]), step_time_s=step_time,
+               samples_per_second=float(metrics["rollouts_step"]) / max(step_time, 1e-9))
+    rec.update(extra)
+    writer.write(step, rec)
+    if progress is not None:
+      post = {"reward": f"{rec['reward_mean']:.3f}", "eff": f"{rec['effective_ratio']:.2f}"}
+      if "eval_accuracy" in rec:
+        post["held_out"] = f"{rec['eval_accuracy']:.3f}"
+      progress.set_postfix(post)
+      progress.update(1)
+    return np.concatenate([samples_hist, np.asarray(counts).ravel()])
