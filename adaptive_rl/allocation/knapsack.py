@@ -1,0 +1,364 @@
+"""Knapsack RL budget allocation (ALGORITHMS.md section 5).
+
+The rollout budget of one step is split over the B chosen prompts by solving a knapsack:
+
+  ProbNonZero(N, p) = 1 - p^N - (1 - p)^N      (a group of N has both classes)
+  InfoGain(p)       = p (1 - p)^2
+  Value(N, p)       = ProbNonZero(N, p) * InfoGain(p)
+
+  maximise sum_i Value(N_i, p_i)  s.t.  sum_i N_i = total_budget,  N_low <= N_i <= N_up.
+
+`p_i` comes from a per-prompt reward history (`KnapsackHistory`, sized for the whole dataset):
+the mean reward of the prompt's last visit, or, when that visit had fewer than `window` (16)
+rewards, the mean of the most recent `window` rewards across history; a prompt with fewer than
+`min_known` (8) observed rewards is "unknown".
+
+Everything here is pure and jittable: the DP is a `lax.scan` over the B items with a value
+table over the static budget range, and the choices are recovered by a reverse scan.
+
+Padding convention (shared by the whole `allocation` package): an id outside
+[0, num_prompts) marks a padding row; its state updates are dropped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+
+# ----------------------------------------------------------------------------- settings
+
+
+def check_budget(batch_size: int, total_budget: int, n: int, n_low: int, n_pos: int,
+                 n_neg: int) -> None:
+  """Rejects a total budget the base allocation cannot fit, naming the numbers.
+
+  The base allocation gives every prompt one of n (unknown), N_low (0 < p < 1), n_neg (p == 0)
+  or n_pos (p == 1), so the budget must cover B * max(n, N_low, n_pos, n_neg) (the worst case,
+  e.g. every prompt unknown); below B * N_low no allocation within the bounds exists at all.
+  """
+  if total_budget < batch_size * n_low:
+    raise ValueError(
+        f"knapsack total_budget={total_budget} cannot be met: it is below "
+        f"batch_size * n_low = {batch_size} * {n_low} = {batch_size * n_low}")
+  worst = batch_size * max(n, n_low, n_pos, n_neg)
+  if total_budget < worst:
+    raise ValueError(
+        f"knapsack total_budget={total_budget} is below the worst-case base allocation "
+        f"batch_size * max(n, n_low, n_pos, n_neg) = {batch_size} * "
+        f"{max(n, n_low, n_pos, n_neg)} = {worst} (reached when every prompt is unknown); "
+        f"allowed: total_budget >= {worst}")
+
+
+@dataclasses.dataclass(frozen=True)
+class KnapsackSettings:
+  """Static settings of Knapsack allocation.
+
+  Attributes:
+    batch_size: B, prompts per step (>= 1).
+    total_budget: rollouts per step; None means B * n. Must be >= B * max(n, n_low, n_pos, n_neg).
+    n: rollouts for an unknown prompt (>= 1); also the nominal group size.
+    n_low: N_low, minimum rollouts of a 0 < p < 1 prompt (>= 1).
+    n_up: N_up, maximum DP allocation of a prompt (>= n_low).
+    n_pos: rollouts of a p == 1 prompt before redistribution (>= 0).
+    n_neg: rollouts of a p == 0 prompt before redistribution (>= 0).
+    confidence: the 0.9 in cost(p) = ln(1 - 0.9) / ln(max(p, 1 - p)); in (0, 1).
+    window: history ring-buffer length (16, >= 1).
+    min_known: rewards needed before a prompt is known (8, >= 0).
+  """
+  batch_size: int
+  total_budget: int | None = None
+  n: int = 8
+  n_low: int = 2
+  n_up: int = 128
+  n_pos: int = 2
+  n_neg: int = 2
+  confidence: float = 0.9
+  window: int = 16
+  min_known: int = 8
+
+  def __post_init__(self):
+    for name, low in (("batch_size", 1), ("n", 1), ("n_low", 1), ("n_pos", 0), ("n_neg", 0),
+                      ("window", 1), ("min_known", 0)):
+      if getattr(self, name) < low:
+        raise ValueError(f"KnapsackSettings.{name}={getattr(self, name)} must be >= {low}")
+    if self.n_up < self.n_low:
+      raise ValueError(f"KnapsackSettings.n_up={self.n_up} must be >= n_low={self.n_low}")
+    if not 0.0 < self.confidence < 1.0:
+      raise ValueError(f"KnapsackSettings.confidence={self.confidence} must be in (0, 1)")
+    check_budget(self.batch_size, self.budget, self.n, self.n_low, self.n_pos, self.n_neg)
+
+  @property
+  def budget(self) -> int:
+    return self.batch_size * self.n if self.total_budget is None else self.total_budget
+
+
+# ----------------------------------------------------------------------------- value
+
+
+def prob_non_zero(num: jax.Array, p: jax.Array) -> jax.Array:
+  """ProbNonZero(N, p) = 1 - p^N - (1 - p)^N: chance a group of N has both classes."""
+  return 1.0 - p**num - (1.0 - p)**num
+
+
+def info_gain(p: jax.Array) -> jax.Array:
+  """InfoGain(p) = p (1 - p)^2."""
+  return p * (1.0 - p)**2
+
+
+def value(num: jax.Array, p: jax.Array) -> jax.Array:
+  """Value(N, p) = ProbNonZero(N, p) * InfoGain(p)."""
+  return prob_non_zero(num, p) * info_gain(p)
+
+
+# ----------------------------------------------------------------------------- history
+
+
+class KnapsackHistory(NamedTuple):
+  """Per-prompt reward history, sized for the whole dataset (P prompts, window W).
+
+  Attributes:
+    recent: [P, W] float32 ring buffer of the last W rewards of each prompt.
+    head: [P] int32 next write slot of `recent` (slots 0..total-1 are filled while total < W).
+    total: [P] int32 rewards observed overall.
+    last_sum: [P] float32 sum of the rewards of the last visit.
+    last_count: [P] int32 number of rewards of the last visit.
+  """
+  recent: jax.Array
+  head: jax.Array
+  total: jax.Array
+  last_sum: jax.Array
+  last_count: jax.Array
+
+
+def knapsack_history_init(num_prompts: int, window: int = 16) -> KnapsackHistory:
+  """Empty history for `num_prompts` prompts."""
+  zi = jnp.zeros((num_prompts,), jnp.int32)
+  return KnapsackHistory(jnp.zeros((num_prompts, window), jnp.float32), zi, zi,
+                         jnp.zeros((num_prompts,), jnp.float32), zi)
+
+
+def _rank_in_group(group: jax.Array, num_groups: int) -> jax.Array:
+  """Position of each element among the elements of its group, in array order. [T] -> [T].
+
+  A stable sort by group keeps array (generation) order inside each group; O(T log T).
+  """
+  t = group.shape[0]
+  order = jnp.argsort(group, stable=True)
+  sorted_group = group[order]
+  start = jnp.searchsorted(sorted_group, jnp.arange(num_groups + 1), side="left")
+  rank_sorted = jnp.arange(t) - start[sorted_group]
+  return jnp.zeros((t,), jnp.int32).at[order].set(rank_sorted.astype(jnp.int32))
+
+
+def knapsack_history_update(state: KnapsackHistory, ids: jax.Array, rewards: jax.Array,
+                   group: jax.Array, valid: jax.Array) -> KnapsackHistory:
+  """Records one visit of each prompt in `ids`.
+
+  Args:
+    state: the history.
+    ids: [B] int32 distinct prompt ids visited this step (>= P: padding, ignored).
+    rewards: [T] float rewards of this step's rollouts, in generation order.
+    group: [T] int32 index into `ids` of each rollout's prompt.
+    valid: [T] bool which rollouts exist.
+
+  Returns:
+    The history with, for each visited prompt with c > 0 valid rewards: the last min(c, W) of
+    them appended to the ring buffer, total += c, and the last visit set to (sum, c).
+  """
+  num_prompts, window = state.recent.shape
+  b = ids.shape[0]
+  g = jnp.where(valid, group, b)  # invalid rollouts go to a sentinel group b
+  cnt = jax.ops.segment_sum(jnp.ones_like(g), g, b + 1)[:b]
+  tot = jax.ops.segment_sum(jnp.where(valid, rewards, 0.0).astype(jnp.float32), g, b + 1)[:b]
+  rank = _rank_in_group(g, b)
+  gc = jnp.minimum(g, b - 1)
+  skip = jnp.maximum(cnt - window, 0)  # only the last W rewards of a visit reach the buffer
+  write = valid & (rank >= skip[gc])
+  pid = ids[gc]
+  head = state.head.at[pid].get(mode="clip")
+  slot = (head + rank - skip[gc]) % window
+  recent = state.recent.at[jnp.where(write, pid, num_prompts), slot].set(
+      rewards.astype(jnp.float32), mode="drop")
+  seen = cnt > 0
+  tgt = jnp.where(seen, ids, num_prompts)
+  head_b = state.head.at[ids].get(mode="clip")
+  return KnapsackHistory(
+      recent=recent,
+      head=state.head.at[tgt].set((head_b + jnp.minimum(cnt, window)) % window, mode="drop"),
+      total=state.total.at[tgt].add(cnt, mode="drop"),
+      last_sum=state.last_sum.at[tgt].set(tot, mode="drop"),
+      last_count=state.last_count.at[tgt].set(cnt, mode="drop"),
+  )
+
+
+def knapsack_estimate(state: KnapsackHistory, ids: jax.Array,
+                     min_known: int = 8) -> tuple[jax.Array, jax.Array]:
+  """p_hat and known flag of each prompt in `ids`.
+
+  p_hat = last_sum / last_count if last_count >= W, else the mean of the most recent
+  min(total, W) rewards; known = total >= min_known.
+
+  Args:
+    state: the history.
+    ids: [B] int32 prompt ids.
+    min_known: rewards needed before a prompt counts as known.
+
+  Returns:
+    p_hat [B] float32, known [B] bool.
+  """
+  window = state.recent.shape[1]
+  last_count = state.last_count.at[ids].get(mode="clip")
+  last_sum = state.last_sum.at[ids].get(mode="clip")
+  total = state.total.at[ids].get(mode="clip")
+  recent = state.recent.at[ids].get(mode="clip")
+  filled = jnp.minimum(total, window)
+  mask = jnp.arange(window)[None, :] < filled[:, None]
+  ring_mean = jnp.sum(jnp.where(mask, recent, 0.0), axis=1) / jnp.maximum(filled, 1)
+  last_mean = last_sum / jnp.maximum(last_count, 1)
+  p_hat = jnp.where(last_count >= window, last_mean, ring_mean)
+  return p_hat, total >= min_known
+
+
+# ----------------------------------------------------------------------------- allocation
+
+
+def _spread(amount: jax.Array, mask: jax.Array) -> jax.Array:
+  """Splits `amount` evenly over `mask`; the first (amount mod count) get one more. [B] int32."""
+  count = jnp.sum(mask.astype(jnp.int32))
+  safe = jnp.maximum(count, 1)
+  rank = jnp.cumsum(mask.astype(jnp.int32)) - 1
+  share = amount // safe + (rank < amount % safe).astype(jnp.int32)
+  return jnp.where(mask & (count > 0), share, 0)
+
+
+def knapsack_dp(p: jax.Array, items: jax.Array, budget: jax.Array, n_low: int,
+                max_extra: int, max_budget: int) -> jax.Array:
+  """Exact knapsack over the extra rollouts k_i in {0..K} of the `items` (K = max_extra).
+
+  maximise sum_{i in items} Value(N_low + k_i, p_i)  s.t.  sum_i k_i = w*,
+  w* = min(budget, |items| * K)  (every w in 0..|items|*K is reachable, so w* is the
+  largest usable budget). Non-items get k = 0. The value of k = 0 is Value(N_low, p), not 0
+  (the official code's quirk, fixed).
+
+  dp_i[w] = max_k dp_{i-1}[w - k] + Value(N_low + k, p_i), a `lax.scan` over items with a
+  [W, K+1] candidate table per item (W = max_budget + 1); ties pick the smallest k. Cost
+  O(B * W * K).
+
+  Args:
+    p: [B] success rates.
+    items: [B] bool which entries take part.
+    budget: scalar int32 budget for the extras (clipped to [0, max_budget]).
+    n_low: N_low.
+    max_extra: K = N_up - N_low (static).
+    max_budget: static bound on the budget (the DP width).
+
+  Returns:
+    [B] int32 extras k_i.
+  """
+  width = max_budget + 1
+  ks = jnp.arange(max_extra + 1)
+  vals = value((n_low + ks)[None, :].astype(p.dtype), p[:, None])  # [B, K+1]
+  only_zero = jnp.where(ks == 0, 0.0, -jnp.inf)[None, :]
+  vals = jnp.where(items[:, None], vals, only_zero).astype(jnp.float32)
+  w_idx = jnp.arange(width)[:, None] - ks[None, :]  # [W, K+1] source budget w - k
+
+  def forward(dp, val_k):
+    cand = jnp.where(w_idx >= 0, dp[jnp.maximum(w_idx, 0)], -jnp.inf) + val_k[None, :]
+    return jnp.max(cand, axis=1), jnp.argmax(cand, axis=1).astype(jnp.int32)
+
+  dp0 = jnp.where(jnp.arange(width) == 0, 0.0, -jnp.inf).astype(jnp.float32)
+  _, choice = jax.lax.scan(forward, dp0, vals)  # choice [B, W]
+  cap = jnp.sum(items.astype(jnp.int32)) * max_extra
+  w_star = jnp.clip(jnp.minimum(budget, cap), 0, max_budget)
+
+  def backward(w, choice_i):
+    k = choice_i[w]
+    return w - k, k
+
+  _, extra = jax.lax.scan(backward, w_star, choice, reverse=True)
+  return extra
+
+
+def knapsack_allocate(p_hat: jax.Array, known: jax.Array, eligible_mask: jax.Array,
+                      total_budget: int, n: int = 8, n_low: int = 2, n_up: int = 128,
+                      n_pos: int = 2, n_neg: int = 2, confidence: float = 0.9) -> jax.Array:
+  """Knapsack RL allocation of `total_budget` rollouts over B prompts.
+
+  1. Base: unknown -> n; 0 < p < 1 -> N_low; p == 0 -> n_neg; p == 1 -> n_pos;
+     ineligible -> 0. R = total_budget - sum(base) >= 0 (guaranteed by `check_budget`).
+  2. No 0 < p < 1 prompt: R is split evenly over the p == 0 prompts; with none of those, over
+     all eligible prompts (the official code resets every prompt to n there, which breaks the
+     sum; ours keeps sum == total_budget).
+  3. Otherwise the cost cap: cost(p) = ln(1 - confidence) / ln(max(p, 1 - p)) rollouts,
+     need_i = floor(min(N_up, cost(p_i))). If sum_i need_i < R, the excess R - sum need goes
+     evenly to the p == 0 prompts (none: to the other non-interior eligible prompts; none of
+     those either: no excess), and the DP gets R' = min(R, sum need); else R' = R.
+  4. DP (`knapsack_dp`) over the 0 < p < 1 prompts with extras k_i in {0..N_up-N_low}, value
+     of k = 0 being Value(N_low, p); the part of R' the DP cannot use (above |items|*K) is
+     spread evenly over those prompts (they may then exceed N_up).
+  "Evenly" = floor share each, the first (remainder) in batch order get one more.
+  sum(result) == total_budget whenever at least one prompt is eligible.
+
+  Args:
+    p_hat: [B] estimated success rates in [0, 1].
+    known: [B] bool whether p_hat is trusted.
+    eligible_mask: [B] bool real prompts (padding gets 0).
+    total_budget: static total rollouts (>= B * max(n, n_low, n_pos, n_neg)).
+    n, n_low, n_up, n_pos, n_neg: static ints, as in `KnapsackSettings`.
+    confidence: the 0.9 of the cost formula.
+
+  Returns:
+    [B] int32 rollouts per prompt.
+  """
+  b = p_hat.shape[0]
+  check_budget(b, total_budget, n, n_low, n_pos, n_neg)
+  if n_up < n_low:
+    raise ValueError(f"knapsack n_up={n_up} must be >= n_low={n_low}")
+  p = p_hat.astype(jnp.float32)
+  unknown = eligible_mask & ~known
+  kn = eligible_mask & known
+  zero = kn & (p <= 0.0)
+  one = kn & (p >= 1.0)
+  mid = kn & (p > 0.0) & (p < 1.0)
+  base = (jnp.where(unknown, n, 0) + jnp.where(mid, n_low, 0) + jnp.where(zero, n_neg, 0) +
+          jnp.where(one, n_pos, 0)).astype(jnp.int32)
+  rest = jnp.int32(total_budget) - jnp.sum(base)
+  any_mid = jnp.any(mid)
+  any_zero = jnp.any(zero)
+
+  # Step 2: no interior prompt.
+  no_mid_target = jnp.where(any_zero, zero, eligible_mask)
+  no_mid_alloc = _spread(rest, no_mid_target)
+
+  # Step 3: the cost cap decides how much the DP may spend.
+  safe_p = jnp.where(mid, p, 0.5)
+  cost = math.log(1.0 - confidence) / jnp.log(jnp.maximum(safe_p, 1.0 - safe_p))
+  need = jnp.where(mid, jnp.floor(jnp.minimum(float(n_up), cost)), 0.0).astype(jnp.int32)
+  est = jnp.sum(need)
+  others = eligible_mask & ~mid
+  fb_target = jnp.where(any_zero, zero, others)
+  fallback = (est < rest) & jnp.any(fb_target)
+  excess = jnp.where(fallback, rest - est, 0)
+  dp_budget = rest - excess
+
+  # Step 4: the DP and the leftover it cannot use.
+  max_extra = n_up - n_low
+  max_budget = min(total_budget, b * max_extra)
+  extra = knapsack_dp(p, mid, dp_budget, n_low, max_extra, max_budget)
+  leftover = dp_budget - jnp.sum(extra)
+  mid_alloc = extra + _spread(leftover, mid) + _spread(excess, fb_target)
+
+  return base + jnp.where(any_mid, mid_alloc, no_mid_alloc)
+
+
+def knapsack_allocate_with(settings: KnapsackSettings, p_hat: jax.Array, known: jax.Array,
+                           eligible_mask: jax.Array) -> jax.Array:
+  """`knapsack_allocate` with its static arguments taken from validated settings."""
+  return knapsack_allocate(p_hat, known, eligible_mask, settings.budget, settings.n,
+                           settings.n_low, settings.n_up, settings.n_pos, settings.n_neg,
+                           settings.confidence)
