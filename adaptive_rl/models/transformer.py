@@ -163,7 +163,12 @@ def _attention(cfg: ModelConfig, q_BTHD, k_BSKD, v_BSKD, mask_BTS) -> jax.Array:
 
 
 def _block(cfg: ModelConfig, inv_freq, x_BTD, layer, positions_BT, mask_BTS, kv):
-  """One decoder block. `kv` is (k_cache, v_cache, index) or None; returns (x, new_kv)."""
+  """One decoder block.
+
+  `kv` is None (attend within the T tokens) or (k_layer, v_layer, index): this layer's cache
+  [B, S, K, Dh] before this call and the slot of the first new token. Returns (x, (k, v)) with
+  the new tokens' keys / values [B, T, K, Dh], which the caller writes into the cache.
+  """
   dt = cfg.compute_dtype
   h = rms_norm(x_BTD, layer["attn_norm"], cfg.rms_norm_eps)
   q = jnp.einsum("btd,dhk->bthk", h, layer["wq"].astype(dt))
@@ -177,14 +182,12 @@ def _block(cfg: ModelConfig, inv_freq, x_BTD, layer, positions_BT, mask_BTS, kv)
   q = constrain(apply_rope(q, positions_BT, inv_freq), ("batch", "length", "heads", "head_dim"))
   k = constrain(apply_rope(k, positions_BT, inv_freq), ("batch", "length", "kv_heads", "head_dim"))
   if kv is None:
-    new_kv = None
     keys, values = k, v
   else:
-    k_cache, v_cache, index = kv
-    k_cache = jax.lax.dynamic_update_slice_in_dim(k_cache, k.astype(k_cache.dtype), index, 1)
-    v_cache = jax.lax.dynamic_update_slice_in_dim(v_cache, v.astype(v_cache.dtype), index, 1)
-    new_kv = (k_cache, v_cache)
-    keys, values = k_cache.astype(dt), v_cache.astype(dt)
+    k_layer, v_layer, index = kv
+    keys = jax.lax.dynamic_update_slice_in_dim(k_layer, k.astype(k_layer.dtype), index, 1)
+    values = jax.lax.dynamic_update_slice_in_dim(v_layer, v.astype(v_layer.dtype), index, 1)
+    keys, values = keys.astype(dt), values.astype(dt)
   attn = _attention(cfg, q, keys, values, mask_BTS)
   x_BTD = x_BTD + jnp.einsum("bthk,hkd->btd", attn, layer["wo"].astype(dt))
   x_BTD = constrain(x_BTD, ("batch", "length", "embed"))
@@ -193,7 +196,7 @@ def _block(cfg: ModelConfig, inv_freq, x_BTD, layer, positions_BT, mask_BTS, kv)
   up = jnp.einsum("btd,df->btf", h, layer["w_up"].astype(dt))
   mlp = constrain(jax.nn.silu(gate) * up, ("batch", "length", "mlp"))
   x_BTD = x_BTD + jnp.einsum("btf,fd->btd", mlp, layer["w_down"].astype(dt))
-  return constrain(x_BTD, ("batch", "length", "embed")), new_kv
+  return constrain(x_BTD, ("batch", "length", "embed")), (k, v)
 
 
 _REMAT_POLICIES = {
@@ -249,20 +252,33 @@ def apply(cfg: ModelConfig, params: Params, tokens_BT: jax.Array,
     causal = jnp.arange(s)[None, :] <= slot_q[:, None]  # [T, S]
     mask = causal[None] & valid[:, None, :]
 
-  def body(x, xs):
-    layer, kv = xs
-    if kv is not None:
-      kv = (kv[0], kv[1], cache.index)
-    return _block(cfg, inv_freq, x, layer, positions_BT, mask, kv)
+  if cache is None:
+    def body(x, layer):
+      return _block(cfg, inv_freq, x, layer, positions_BT, mask, None)[0], None
 
-  if cfg.remat != "none":
-    body = jax.checkpoint(body, policy=_REMAT_POLICIES[cfg.remat], prevent_cse=False)
-  kv_xs = None if cache is None else (cache.k, cache.v)
-  x, new_kv = jax.lax.scan(body, x, (params["layers"], kv_xs))
+    if cfg.remat != "none":
+      body = jax.checkpoint(body, policy=_REMAT_POLICIES[cfg.remat], prevent_cse=False)
+    x, _ = jax.lax.scan(body, x, params["layers"])
+    new_cache = None
+  else:
+    # The stacked cache rides in the scan carry and each layer writes only its T new slots
+    # (dynamic_update_slice on a loop-carried buffer is done in place), instead of the cache
+    # flowing through as scan input and output, which rewrites every slot of every layer.
+    def body(carry, layer):
+      x, i, k_all, v_all = carry
+      k_layer = jax.lax.dynamic_index_in_dim(k_all, i, 0, keepdims=False)
+      v_layer = jax.lax.dynamic_index_in_dim(v_all, i, 0, keepdims=False)
+      x, (k, v) = _block(cfg, inv_freq, x, layer, positions_BT, mask,
+                         (k_layer, v_layer, cache.index))
+      start = (i, 0, cache.index, 0, 0)
+      k_all = jax.lax.dynamic_update_slice(k_all, k.astype(k_all.dtype)[None], start)
+      v_all = jax.lax.dynamic_update_slice(v_all, v.astype(v_all.dtype)[None], start)
+      return (x, i + 1, k_all, v_all), None
+
+    (x, _, k_all, v_all), _ = jax.lax.scan(
+        body, (x, jnp.zeros((), jnp.int32), cache.k, cache.v), params["layers"])
+    new_cache = KVCache(k=k_all, v=v_all, valid=valid, index=cache.index + t)
   x = rms_norm(x, params["final_norm"], cfg.rms_norm_eps)
-  new_cache = None
-  if cache is not None:
-    new_cache = KVCache(k=new_kv[0], v=new_kv[1], valid=valid, index=cache.index + t)
   if return_hidden:
     return x, new_cache
   return unembed(cfg, params, x), new_cache
