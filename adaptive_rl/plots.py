@@ -9,11 +9,23 @@ from typing import Any, Sequence
 import numpy as np
 
 
+class _Figures:
+  """pyplot-like `subplots` / `close` on bare Figures: no global backend switch, so plotting
+  from a notebook leaves its inline backend alone."""
+
+  @staticmethod
+  def subplots(*args, **kwargs):
+    from matplotlib.figure import Figure  # pylint: disable=import-outside-toplevel
+    fig = Figure(figsize=kwargs.pop("figsize", None))
+    return fig, fig.subplots(*args, **kwargs)
+
+  @staticmethod
+  def close(fig):
+    del fig
+
+
 def _plt():
-  import matplotlib  # pylint: disable=import-outside-toplevel
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
-  return plt
+  return _Figures
 
 
 def _series(records, key, x="rollouts"):

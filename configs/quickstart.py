@@ -13,6 +13,8 @@ fail at launch.
 
 import ml_collections
 
+from adaptive_rl.allocation.registry import default_settings
+
 
 def parse_arg(arg: str, **defaults):
   """'a=1,b=x' -> ConfigDict with typed defaults (big_vision style)."""
@@ -61,7 +63,11 @@ def get_config(arg: str = ""):
       adv_estimator="grpo", adv_clip=0.0, tau=0.5, overlong_buffer=0, mask_truncated=False,
       max_consecutive_nan=5))
 
-  c.allocator = ml_collections.ConfigDict(dict(name=args.allocator))
+  # name: a preset (uniform, dapo_filter, reinforce_ada, reinforce_ada_positive, gvm, knapsack,
+  # mopps, dps, vas); select / budget / group override its roles; per-method settings below.
+  c.allocator = ml_collections.ConfigDict(default_settings())
+  c.allocator.name = args.allocator
+  c.reward = ml_collections.ConfigDict(dict(mode="graph", fn="", timeout_s=5.0, workers=2))
   c.eval = ml_collections.ConfigDict(dict(every=10, batch_size=500, limit=0))
   c.checkpoint = ml_collections.ConfigDict(dict(every=25, keep=2, keep_every=0))
   c.log = ml_collections.ConfigDict(dict(tensorboard=True, progress=True, plots=True))

@@ -20,7 +20,6 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from adaptive_rl.rl.advantages import compute_advantages
 
 
 class PromptStats(NamedTuple):
@@ -30,6 +29,8 @@ class PromptStats(NamedTuple):
   num_samples: jax.Array  # int32
   num_correct: jax.Array  # int32: binarised reward > tau
   reward_sum: jax.Array  # float32
+  grad_norm: jax.Array  # float32: mean embedding-gradient norm over correct samples (GVM)
+  diversity: jax.Array  # float32: distinct completions / samples
 
 
 class Plan(NamedTuple):
@@ -57,18 +58,45 @@ class Groups(NamedTuple):
   group: jax.Array  # int32 chosen-prompt index of each row
 
 
-def prompt_stats(ids: jax.Array, pool: PoolView, tau: float) -> PromptStats:
-  """Per-prompt sample counts over the whole pool."""
+def prompt_stats(ids: jax.Array, pool: PoolView, tau: float, grad_norms: jax.Array | None = None,
+                 completion_hash: jax.Array | None = None) -> PromptStats:
+  """Per-prompt statistics over the whole pool.
+
+  Args:
+    ids: [B] dataset indices of the step's prompts.
+    pool: the step's pool.
+    tau: binarisation threshold.
+    grad_norms: optional [M] per-sample gradient-norm proxies (GVM's G).
+    completion_hash: optional [M] int32 hashes of the completions (diversity).
+  """
   b = ids.shape[0]
   w = pool.valid.astype(jnp.int32)
   seg = lambda x: jax.ops.segment_sum(x, pool.prompt, num_segments=b)
+  correct = pool.valid & (pool.rewards > tau)
+  num_samples = seg(w)
+  num_correct = seg(correct.astype(jnp.int32))
+  if grad_norms is None:
+    grad_norm = jnp.zeros((b,), jnp.float32)
+  else:
+    grad_norm = seg(jnp.where(correct, grad_norms, 0.0)) / jnp.maximum(num_correct, 1)
+  if completion_hash is None:
+    diversity = jnp.zeros((b,), jnp.float32)
+  else:
+    # Distinct (prompt, hash) pairs: sort by both and count boundaries.
+    key_p = jnp.where(pool.valid, pool.prompt, b)
+    order = jnp.lexsort((completion_hash, key_p))
+    sp, sh = key_p[order], completion_hash[order]
+    first = jnp.concatenate([jnp.ones((1,), bool), (sp[1:] != sp[:-1]) | (sh[1:] != sh[:-1])])
+    distinct = jax.ops.segment_sum((first & (sp < b)).astype(jnp.int32), jnp.minimum(sp, b - 1),
+                                   num_segments=b)
+    diversity = distinct / jnp.maximum(num_samples, 1)
   return PromptStats(
-      ids=ids, num_samples=seg(w),
-      num_correct=seg(w * (pool.rewards > tau).astype(jnp.int32)),
-      reward_sum=seg(jnp.where(pool.valid, pool.rewards, 0.0)))
+      ids=ids, num_samples=num_samples, num_correct=num_correct,
+      reward_sum=seg(jnp.where(pool.valid, pool.rewards, 0.0)),
+      grad_norm=grad_norm.astype(jnp.float32), diversity=diversity.astype(jnp.float32))
 
 
-# --- select ------------------------------------------------------------------------------------
+# --- the data iterator every select role draws candidates from ------------------------------
 
 class IteratorState(NamedTuple):
   """Position in a seeded stream of epoch permutations of the dataset."""
@@ -107,97 +135,40 @@ def iterator_next(state: IteratorState, count: int) -> tuple[IteratorState, jax.
 
 
 @dataclasses.dataclass(frozen=True)
-class UniformSelect:
-  """Each step takes the next B prompts of a seeded epoch permutation (no replacement)."""
-
-  batch_prompts: int
-
-  def candidates_per_step(self) -> int:
-    return self.batch_prompts
-
-  def init(self, num_prompts: int, key: jax.Array) -> Any:
-    return ()
-
-  def select(self, state, candidates: jax.Array, rng: jax.Array):
-    del rng
-    return state, candidates[:self.batch_prompts]
-
-  def update(self, state, stats: PromptStats):
-    return state
-
-  def summary(self, state) -> dict[str, jax.Array]:
-    return {}
-
-
-# --- budget ------------------------------------------------------------------------------------
-
-@dataclasses.dataclass(frozen=True)
-class FixedBudget:
-  """Every chosen prompt gets exactly n rollouts in one round (GRPO)."""
-
-  batch_prompts: int
-  group_size: int
-
-  @property
-  def num_slots(self) -> int:
-    return self.batch_prompts * self.group_size
-
-  @property
-  def max_rounds(self) -> int:
-    return 1
-
-  def init(self, num_prompts: int) -> Any:
-    return ()
-
-  def start(self, state, ids: jax.Array) -> Any:
-    return ()
-
-  def plan(self, state, round_state, round_idx: jax.Array) -> Plan:
-    slot_prompt = jnp.repeat(jnp.arange(self.batch_prompts, dtype=jnp.int32), self.group_size)
-    return Plan(slot_prompt, jnp.ones_like(slot_prompt, bool))
-
-  def observe(self, round_state, plan: Plan, rewards: jax.Array):
-    return round_state, jnp.asarray(True)
-
-  def update(self, state, stats: PromptStats):
-    return state
-
-  def summary(self, state) -> dict[str, jax.Array]:
-    return {}
-
-
-# --- group -------------------------------------------------------------------------------------
-
-@dataclasses.dataclass(frozen=True)
-class AllGroup:
-  """Every valid sample trains; advantages within each prompt's group by `estimator`."""
-
-  batch_prompts: int
-  estimator: str = "grpo"
-  adv_clip: float | None = None
-
-  def num_train_rows(self, pool_size: int) -> int:
-    return pool_size
-
-  def form(self, pool: PoolView) -> Groups:
-    adv = compute_advantages(self.estimator, pool.rewards, pool.valid, group_ids=pool.prompt,
-                             num_groups=self.batch_prompts, clip=self.adv_clip)
-    return Groups(jnp.arange(pool.rewards.shape[0], dtype=jnp.int32), pool.valid, adv,
-                  pool.prompt)
-
-
-@dataclasses.dataclass(frozen=True)
 class Allocator:
-  """A select, a budget and a group role, composed."""
+  """A select, a budget and a group role, composed.
+
+  Per step: `choose` draws the select role's candidates from the data iterator and keeps
+  `budget.num_prompts` of them; the budget plans `max_rounds` rounds of `num_slots` slots; the
+  group role turns the pool into training rows; `update` refreshes every role's per-prompt
+  state from the step's `PromptStats` (inside the jitted train step).
+  """
 
   select: Any
   budget: Any
   group: Any
   tau: float = 0.5  # binarisation threshold of rewards for counts and metrics
+  name: str = "custom"
 
   @property
   def batch_prompts(self) -> int:
     return self.budget.batch_prompts
+
+  @property
+  def pool_rows(self) -> int:
+    return self.budget.num_slots * self.budget.max_rounds
+
+  @property
+  def train_rows(self) -> int:
+    return self.group.num_train_rows(self.pool_rows)
+
+  @property
+  def needs_grad_norms(self) -> bool:
+    return bool(getattr(self.budget, "needs_grad_norms", False))
+
+  @property
+  def needs_diversity(self) -> bool:
+    return bool(getattr(self.select, "needs_diversity", False))
 
   def init(self, num_prompts: int, key: jax.Array) -> dict[str, Any]:
     k1, k2 = jax.random.split(key)
@@ -211,10 +182,10 @@ class Allocator:
     sel, ids = self.select.select(state["select"], candidates, rng)
     return {**state, "iterator": iterator, "select": sel}, ids
 
-  def update(self, state: dict[str, Any], stats: PromptStats) -> dict[str, Any]:
+  def update(self, state: dict[str, Any], stats: PromptStats, pool: PoolView) -> dict[str, Any]:
     """Per-prompt state updates from this step's rollouts (runs inside the train step)."""
     return {**state, "select": self.select.update(state["select"], stats),
-            "budget": self.budget.update(state["budget"], stats)}
+            "budget": self.budget.update(state["budget"], stats, pool)}
 
   def summary(self, state: dict[str, Any]) -> dict[str, jax.Array]:
     return {**self.select.summary(state["select"]), **self.budget.summary(state["budget"])}

@@ -209,7 +209,7 @@ _REMAT_POLICIES = {
 def apply(cfg: ModelConfig, params: Params, tokens_BT: jax.Array,
           positions_BT: jax.Array | None = None, *, cache: KVCache | None = None,
           segment_ids_BT: jax.Array | None = None, return_hidden: bool = False,
-          ) -> tuple[jax.Array, KVCache | None]:
+          input_embeds_BTD: jax.Array | None = None) -> tuple[jax.Array, KVCache | None]:
   """Runs the decoder.
 
   Args:
@@ -223,6 +223,8 @@ def apply(cfg: ModelConfig, params: Params, tokens_BT: jax.Array,
       (several sequences packed in one row). Default: all ones (one sequence per row).
     return_hidden: return the final normed hidden states [B, T, D] instead of logits, so
       callers can project to the vocabulary in chunks (`unembed`).
+    input_embeds_BTD: token embeddings to use instead of looking `tokens_BT` up (e.g. to take
+      gradients with respect to them).
 
   Returns:
     (logits [B, T, V] float32, or hidden [B, T, D]) and the updated cache (None without one).
@@ -236,7 +238,9 @@ def apply(cfg: ModelConfig, params: Params, tokens_BT: jax.Array,
     if cache is not None:
       raise ValueError("apply: positions are required with a cache (they continue the prefix)")
   dt = cfg.compute_dtype
-  x = jnp.take(params["embed"], tokens_BT, axis=0).astype(dt)
+  if input_embeds_BTD is None:
+    input_embeds_BTD = jnp.take(params["embed"], tokens_BT, axis=0)
+  x = input_embeds_BTD.astype(dt)
   x = constrain(x, ("batch", "length", "embed"))
   inv_freq = rope_inv_freq(cfg)
 

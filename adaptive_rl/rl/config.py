@@ -148,6 +148,34 @@ class CheckpointConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class RewardConfig:
+  """Where rewards are computed.
+
+  Attributes:
+    mode: "graph" (the task's jittable reward, inside the sampling step) or "host" (a Python
+      function over decoded text, in worker processes with a per-item timeout; an item that
+      raises or times out scores 0 and is counted in `reward_errors`).
+    fn: "module:function" with signature fn(completion: str, answer: str) -> float in [0, 1];
+      empty = the task's own `reward_text`.
+    timeout_s: seconds one host reward call may take.
+    workers: host reward processes (0 = in-process: exceptions caught, no timeout).
+  """
+
+  mode: str = "graph"
+  fn: str = ""
+  timeout_s: float = 5.0
+  workers: int = 2
+
+  def __post_init__(self):
+    if self.mode not in ("graph", "host"):
+      raise ConfigError(f"reward.mode must be 'graph' or 'host', got {self.mode!r}")
+    if self.fn and ":" not in self.fn:
+      raise ConfigError(f"reward.fn must look like 'package.module:function', got {self.fn!r}")
+    if not self.timeout_s > 0 or self.workers < 0:
+      raise ConfigError("reward.timeout_s must be > 0 and reward.workers >= 0")
+
+
+@dataclasses.dataclass(frozen=True)
 class LogConfig:
   tensorboard: bool = True
   progress: bool = True
@@ -165,6 +193,7 @@ class RunConfig:
   sft: SFTConfig
   rl: RLConfig
   allocator: tuple[tuple[str, Any], ...]
+  reward: RewardConfig
   eval: EvalConfig
   checkpoint: CheckpointConfig
   log: LogConfig
@@ -190,7 +219,7 @@ def _section(cls, values: dict[str, Any], name: str):
     raise ConfigError(f"bad value in config section {name!r}: {e}") from None
 
 
-_TOP = ("seed", "task", "model", "sft", "rl", "allocator", "eval", "checkpoint", "log")
+_TOP = ("seed", "task", "model", "sft", "rl", "allocator", "reward", "eval", "checkpoint", "log")
 
 
 def parse_config(config) -> RunConfig:
@@ -222,6 +251,7 @@ def parse_config(config) -> RunConfig:
       sft=_section(SFTConfig, dict(raw.get("sft", {})), "sft"),
       rl=_section(RLConfig, dict(raw.get("rl", {})), "rl"),
       allocator=tuple(sorted(dict(raw.get("allocator", {"name": "uniform"})).items())),
+      reward=_section(RewardConfig, dict(raw.get("reward", {})), "reward"),
       eval=_section(EvalConfig, dict(raw.get("eval", {})), "eval"),
       checkpoint=_section(CheckpointConfig, dict(raw.get("checkpoint", {})), "checkpoint"),
       log=_section(LogConfig, dict(raw.get("log", {})), "log"),

@@ -26,7 +26,8 @@ def sequence_mask(prompt_lengths_B: jax.Array, completion_lengths_B: jax.Array, 
 def completion_logprobs(model_cfg: ModelConfig, params: Params, prompts_BP: jax.Array,
                         prompt_lengths_B: jax.Array, completions_BN: jax.Array,
                         completion_lengths_B: jax.Array, *, chunk_size: int = 0,
-                        with_entropy: bool = False) -> tuple[jax.Array, jax.Array | None]:
+                        with_entropy: bool = False, input_embeds: jax.Array | None = None,
+                        ) -> tuple[jax.Array, jax.Array | None]:
   """log pi(completion token | prefix) for every completion position.
 
   Args:
@@ -38,6 +39,7 @@ def completion_logprobs(model_cfg: ModelConfig, params: Params, prompts_BP: jax.
     completion_lengths_B: tokens generated including eos.
     chunk_size: positions per vocabulary projection (0 = all N at once).
     with_entropy: also return per-token entropies of the temperature-1 policy.
+    input_embeds: optional [B, P + N, D] embeddings of prompt + completion tokens.
 
   Returns:
     (logp [B, N] float32, entropy [B, N] or None); positions past the length hold garbage that
@@ -50,7 +52,8 @@ def completion_logprobs(model_cfg: ModelConfig, params: Params, prompts_BP: jax.
   # Positions continue from the prompt through the completion (pad slots get any position).
   positions = positions_from_mask(jnp.concatenate(
       [seg[:, :p], jnp.ones_like(completions_BN)], axis=1))
-  hidden, _ = apply(model_cfg, params, tokens, positions, segment_ids_BT=seg, return_hidden=True)
+  hidden, _ = apply(model_cfg, params, tokens, positions, segment_ids_BT=seg, return_hidden=True,
+                    input_embeds_BTD=input_embeds)
   # The hidden state at position t predicts token t + 1.
   h = hidden[:, p - 1:p + n - 1]
   chunk = n if chunk_size <= 0 else min(chunk_size, n)
@@ -76,3 +79,24 @@ def completion_logprobs(model_cfg: ModelConfig, params: Params, prompts_BP: jax.
   lp = lp.swapaxes(0, 1).reshape(b, total)[:, :n]
   ent = ent.swapaxes(0, 1).reshape(b, total)[:, :n]
   return lp, (ent if with_entropy else None)
+
+
+def embedding_grad_norms(model_cfg: ModelConfig, params: Params, prompts_BP: jax.Array,
+                         prompt_lengths_B: jax.Array, completions_BN: jax.Array,
+                         completion_lengths_B: jax.Array, *, chunk_size: int = 0) -> jax.Array:
+  """Per-sequence || d(-sum_t log pi(y_t)) / d(token embeddings) ||_2, [B] (GVM's G proxy).
+
+  Sequences are independent, so one backward pass of the summed NLL gives every row's own
+  gradient with respect to its embedded tokens.
+  """
+  tokens = jnp.concatenate([prompts_BP, completions_BN], axis=1)
+  embeds = jnp.take(params["embed"], tokens, axis=0).astype(jnp.float32)
+  mask = jnp.arange(completions_BN.shape[1])[None] < completion_lengths_B[:, None]
+
+  def nll(e):
+    lp, _ = completion_logprobs(model_cfg, params, prompts_BP, prompt_lengths_B, completions_BN,
+                                completion_lengths_B, chunk_size=chunk_size, input_embeds=e)
+    return -jnp.sum(jnp.where(mask, lp, 0.0))
+
+  g = jax.grad(nll)(embeds)
+  return jnp.sqrt(jnp.sum(g * g, axis=(1, 2)))

@@ -20,7 +20,7 @@ import optax
 
 from adaptive_rl.allocation.roles import Allocator, Plan, PoolView, prompt_stats
 from adaptive_rl.models import ModelConfig
-from adaptive_rl.rl.logprobs import completion_logprobs
+from adaptive_rl.rl.logprobs import completion_logprobs, embedding_grad_norms
 from adaptive_rl.rl.losses import LossConfig, aggregate, policy_loss
 from adaptive_rl.rl.train_state import TrainState
 from adaptive_rl.sampling import SamplerConfig, sample
@@ -94,36 +94,56 @@ class StepConfig:
     return self.loss.kl_coef > 0
 
 
-def make_round_fn(model_cfg: ModelConfig, sampler_cfg: SamplerConfig, allocator: Allocator,
-                  reward_fn: Callable[..., jax.Array]) -> Callable:
-  """round_fn(params, pool, round_state, budget_state, ids, data, round_idx, rng).
+def make_round_fns(model_cfg: ModelConfig, sampler_cfg: SamplerConfig, allocator: Allocator,
+                   reward_fn: Callable[..., jax.Array] | None) -> tuple[Callable, Callable]:
+  """The two halves of a sampling round.
+
+  sample_round(params, pool, round_state, budget_state, ids, data, round_idx, rng)
+      -> (pool, plan): plans the round's S slots (budget role), samples them and writes the rows
+      into the pool; with an in-graph `reward_fn` the rewards are written too.
+  finish_round(pool, round_state, plan, round_idx, rewards) -> (pool, round_state, done):
+      writes host-computed rewards (None: keep the in-graph ones) and lets the budget role
+      observe them.
 
   `data` is a dict of device arrays of the train split: prompts [D, P], prompt_lengths [D],
-  targets [D, A]. Returns (pool, round_state, done, metrics).
+  targets [D, A].
   """
   budget = allocator.budget
   s = budget.num_slots
 
-  def round_fn(params, pool: Pool, round_state, budget_state, ids, data, round_idx, rng):
+  def put(buf, x, round_idx):
+    return jax.lax.dynamic_update_slice_in_dim(buf, x.astype(buf.dtype), round_idx * s, 0)
+
+  def sample_round(params, pool: Pool, round_state, budget_state, ids, data, round_idx, rng):
     plan: Plan = budget.plan(budget_state, round_state, round_idx)
     rows = ids[plan.slot_prompt]
     prompts = data["prompts"][rows]
     prompt_lengths = data["prompt_lengths"][rows]
     out = sample(model_cfg, sampler_cfg, params, prompts, prompt_lengths, rng)
-    rewards = reward_fn(out.tokens, out.lengths, data["targets"][rows]).astype(jnp.float32)
+    if reward_fn is None:
+      rewards = jnp.zeros((s,), jnp.float32)
+    else:
+      rewards = reward_fn(out.tokens, out.lengths, data["targets"][rows]).astype(jnp.float32)
     rewards = jnp.where(plan.slot_valid, rewards, 0.0)
-    start = round_idx * s
-    put = lambda buf, x: jax.lax.dynamic_update_slice_in_dim(buf, x.astype(buf.dtype), start, 0)
+    w = lambda buf, x: put(buf, x, round_idx)
     pool = Pool(
-        prompts=put(pool.prompts, prompts), prompt_lengths=put(pool.prompt_lengths, prompt_lengths),
-        completions=put(pool.completions, out.tokens), lengths=put(pool.lengths, out.lengths),
-        truncated=put(pool.truncated, out.truncated), logp=put(pool.logp, out.policy_logprobs),
-        rewards=put(pool.rewards, rewards), prompt=put(pool.prompt, plan.slot_prompt),
-        valid=put(pool.valid, plan.slot_valid), order=pool.order)
+        prompts=w(pool.prompts, prompts), prompt_lengths=w(pool.prompt_lengths, prompt_lengths),
+        completions=w(pool.completions, out.tokens), lengths=w(pool.lengths, out.lengths),
+        truncated=w(pool.truncated, out.truncated), logp=w(pool.logp, out.policy_logprobs),
+        rewards=w(pool.rewards, rewards), prompt=w(pool.prompt, plan.slot_prompt),
+        valid=w(pool.valid, plan.slot_valid), order=pool.order)
+    return pool, plan
+
+  def finish_round(pool: Pool, round_state, plan: Plan, round_idx, rewards=None):
+    if rewards is None:
+      rewards = jax.lax.dynamic_slice_in_dim(pool.rewards, round_idx * s, s)
+    else:
+      rewards = jnp.where(plan.slot_valid, rewards.astype(jnp.float32), 0.0)
+      pool = pool._replace(rewards=put(pool.rewards, rewards, round_idx))
     round_state, done = budget.observe(round_state, plan, rewards)
     return pool, round_state, done
 
-  return round_fn
+  return sample_round, finish_round
 
 
 def _tree_where(pred, a, b):
@@ -132,7 +152,8 @@ def _tree_where(pred, a, b):
 
 def make_train_step(model_cfg: ModelConfig, cfg: StepConfig, allocator: Allocator,
                     tx: optax.GradientTransformation) -> Callable:
-  """train_step(state, pool, ids, rounds_used) -> (state, metrics, samples per prompt [B]).
+  """train_step(state, pool, ids, rounds_used, reward_failures) -> (state, metrics, samples per
+  prompt [B]). `reward_failures` counts host reward calls that raised or timed out this step.
 
   Metrics hold this step's figures plus the cumulative counters under "total/".
   """
@@ -184,7 +205,8 @@ def make_train_step(model_cfg: ModelConfig, cfg: StepConfig, allocator: Allocato
     metrics = {**metrics, "grad_norm": grad_norm, "skipped": (~finite).astype(jnp.float32)}
     return (params, opt_state), metrics
 
-  def train_step(state: TrainState, pool: Pool, ids: jax.Array, rounds_used: jax.Array):
+  def train_step(state: TrainState, pool: Pool, ids: jax.Array, rounds_used: jax.Array,
+                 reward_failures: jax.Array):
     view = pool.view()
     groups = group_role.form(view)
     rows = groups.index
@@ -221,8 +243,16 @@ def make_train_step(model_cfg: ModelConfig, cfg: StepConfig, allocator: Allocato
                                             batches)
 
     # Allocator state update, fused into the step.
-    stats = prompt_stats(ids, view, cfg.tau)
-    alloc = allocator.update(state.alloc, stats)
+    grad_norms = None
+    if allocator.needs_grad_norms:  # GVM's G: gradients wrt embeddings, pre-update policy
+      grad_norms = embedding_grad_norms(model_cfg, state.params, pool.prompts, pool.prompt_lengths,
+                                        pool.completions, pool.lengths,
+                                        chunk_size=cfg.logprob_chunk)
+    completion_hash = None
+    if allocator.needs_diversity:
+      completion_hash = hash_completions(pool.completions, pool.lengths)
+    stats = prompt_stats(ids, view, cfg.tau, grad_norms, completion_hash)
+    alloc = allocator.update(state.alloc, stats, view)
 
     nonzero = groups.valid & (jnp.abs(b["advantages"]) > 0)
     trained = jnp.sum(groups.valid)
@@ -231,6 +261,7 @@ def make_train_step(model_cfg: ModelConfig, cfg: StepConfig, allocator: Allocato
     prompt_nonzero = jax.ops.segment_max(nonzero.astype(jnp.int32), groups.group,
                                          num_segments=bp) > 0
     sampled = stats.num_samples > 0
+    num_sampled = jnp.maximum(jnp.sum(sampled), 1)
     all_correct = sampled & (stats.num_correct == stats.num_samples)
     all_wrong = sampled & (stats.num_correct == 0)
     tokens = jnp.sum(jnp.where(pool.valid, pool.lengths, 0))
@@ -243,6 +274,7 @@ def make_train_step(model_cfg: ModelConfig, cfg: StepConfig, allocator: Allocato
         "tokens_generated": state.counters["tokens_generated"] + tokens.astype(jnp.int32),
         "nan_skips": state.counters["nan_skips"] + skipped,
         "consecutive_nan_skips": consecutive,
+        "reward_errors": state.counters["reward_errors"] + reward_failures,
     }
     mean_upd = {k: jnp.mean(v) for k, v in upd.items() if k not in ("skipped",)}
     metrics = {
@@ -256,15 +288,15 @@ def make_train_step(model_cfg: ModelConfig, cfg: StepConfig, allocator: Allocato
         "mean_length": tokens / jnp.maximum(generated, 1),
         "truncated_frac": jnp.sum(pool.truncated * valid_f) / jnp.maximum(generated, 1),
         "effective_ratio": jnp.sum(nonzero) / jnp.maximum(trained, 1),
-        "prompt_effective_ratio": jnp.mean(prompt_nonzero.astype(jnp.float32)),
+        "prompt_effective_ratio": jnp.sum(prompt_nonzero & sampled) / num_sampled,
         "rollout_efficiency": jnp.sum(nonzero) / jnp.maximum(generated, 1),
-        "frac_all_correct": jnp.mean(all_correct.astype(jnp.float32)),
-        "frac_all_wrong": jnp.mean(all_wrong.astype(jnp.float32)),
-        "prompts_selected": jnp.asarray(bp, jnp.int32),
+        "frac_all_correct": jnp.sum(all_correct) / num_sampled,
+        "frac_all_wrong": jnp.sum(all_wrong) / num_sampled,
+        "prompts_selected": jnp.sum(sampled),
         "prompts_trained": jnp.sum(jax.ops.segment_max(groups.valid.astype(jnp.int32),
                                                        groups.group, num_segments=bp) > 0),
         "samples_trained": trained,
-        "samples_per_prompt_mean": jnp.mean(stats.num_samples.astype(jnp.float32)),
+        "samples_per_prompt_mean": jnp.sum(stats.num_samples) / num_sampled,
         "samples_per_prompt_max": jnp.max(stats.num_samples),
         "rounds": rounds_used,
         "adv_abs_mean": jnp.sum(jnp.abs(b["advantages"])) / jnp.maximum(trained, 1),
@@ -276,6 +308,14 @@ def make_train_step(model_cfg: ModelConfig, cfg: StepConfig, allocator: Allocato
     return new_state, metrics, stats.num_samples
 
   return train_step
+
+
+def hash_completions(completions: jax.Array, lengths: jax.Array) -> jax.Array:
+  """A 32-bit polynomial hash of each completion's tokens (within its length)."""
+  n = completions.shape[1]
+  weights = (jnp.arange(n, dtype=jnp.uint32) * jnp.uint32(2654435761) + jnp.uint32(97)) | 1
+  toks = jnp.where(jnp.arange(n)[None] < lengths[:, None], completions + 1, 0).astype(jnp.uint32)
+  return jax.lax.bitcast_convert_type(jnp.sum(toks * weights[None], axis=1), jnp.int32)
 
 
 def sft_loss(model_cfg: ModelConfig, params, prompts, prompt_lengths, demos, demo_lengths,

@@ -30,7 +30,7 @@ from adaptive_rl.checkpoint import Checkpointer
 from adaptive_rl.metrics import MetricsWriter, read_metrics, write_json
 from adaptive_rl.rl.config import ConfigError, RunConfig
 from adaptive_rl.rl.evaluation import evaluate, make_eval_fn
-from adaptive_rl.rl.step import empty_pool, make_round_fn, make_train_step, sft_loss
+from adaptive_rl.rl.step import empty_pool, make_round_fns, make_train_step, sft_loss
 from adaptive_rl.rl.train_state import OptimizerConfig, TrainState, new_counters
 from adaptive_rl.sampling import Greedy, SamplerConfig, check_prompt_fits, make_strategy
 from adaptive_rl.tasks.builtin import make_task
@@ -42,6 +42,18 @@ class Preempted(RuntimeError):
 
 class NumericalFailure(RuntimeError):
   """Too many consecutive non-finite updates."""
+
+
+def resolve_reward_fn(spec: str, task) -> Any:
+  """'' -> the task's `reward_text`; 'module:function' -> that function (imported)."""
+  if not spec:
+    return task.reward_text
+  import importlib  # pylint: disable=import-outside-toplevel
+  module, _, name = spec.partition(":")
+  try:
+    return getattr(importlib.import_module(module), name)
+  except (ImportError, AttributeError) as e:
+    raise ConfigError(f"reward.fn={spec!r} could not be imported: {e}") from None
 
 
 class Trainer:
@@ -72,16 +84,18 @@ class Trainer:
     except ValueError as e:
       raise ConfigError(f"config.allocator: {e}") from None
     self.step_cfg = rl.step(self.max_new)
-    pool_rows = self.allocator.budget.num_slots * self.allocator.budget.max_rounds
-    train_rows = self.allocator.group.num_train_rows(pool_rows)
+    pool_rows = self.allocator.pool_rows
+    train_rows = self.allocator.train_rows
     if train_rows % (rl.mini_batches * rl.micro_batches):
       raise ConfigError(
           f"rl.mini_batches * rl.micro_batches = {rl.mini_batches * rl.micro_batches} must "
           f"divide the {train_rows} training rows per step")
-    if rl.batch_prompts * max(1, self.allocator.select.candidates_per_step() //
-                              rl.batch_prompts) > self.train_data.size:
-      raise ConfigError(f"rl.batch_prompts={rl.batch_prompts} exceeds the train split size "
-                        f"{self.train_data.size}")
+    candidates = self.allocator.select.candidates_per_step()
+    if candidates > self.train_data.size:
+      raise ConfigError(
+          f"allocator {self.allocator.name!r} draws {candidates} candidate prompts per step "
+          f"(rl.batch_prompts={rl.batch_prompts}), more than the train split's "
+          f"{self.train_data.size}")
     self.tx = rl.optimizer().make()
     strategy = make_strategy(rl.temperature, rl.top_k, rl.top_p)
     eos = (self.tokenizer.eos_id,)
@@ -92,6 +106,7 @@ class Trainer:
                  for k in ("prompts", "prompt_lengths", "targets")}
     self._build_fns(pool_rows)
     self._stop_signal: int | None = None
+    self.state: TrainState | None = None  # the final state after `run()`
 
   # --- construction --------------------------------------------------------------------------
 
@@ -114,8 +129,17 @@ class Trainer:
     return models.init(self.model_cfg, key, init_std=m.init_std)
 
   def _build_fns(self, pool_rows: int):
-    round_fn = make_round_fn(self.model_cfg, self.sampler_cfg, self.allocator, self.task.reward)
-    self._round = jax.jit(round_fn, donate_argnums=(1,))
+    host = self.run_cfg.reward.mode == "host"
+    sample_round, finish_round = make_round_fns(
+        self.model_cfg, self.sampler_cfg, self.allocator, None if host else self.task.reward)
+    self._sample_round = jax.jit(sample_round, donate_argnums=(1,))
+    self._finish_round = jax.jit(finish_round, donate_argnums=(0,))
+    self._host_runner = None
+    if host:
+      from adaptive_rl.tasks.host_reward import HostRewardRunner  # pylint: disable=import-outside-toplevel
+      r = self.run_cfg.reward
+      self._host_runner = HostRewardRunner(resolve_reward_fn(r.fn, self.task),
+                                           timeout_s=r.timeout_s, max_workers=r.workers)
     self._train_step = jax.jit(
         make_train_step(self.model_cfg, self.step_cfg, self.allocator, self.tx),
         donate_argnums=(0,))
@@ -137,11 +161,22 @@ class Trainer:
   def init_state(self, params) -> TrainState:
     key = jax.random.PRNGKey(self.run_cfg.seed)
     k_alloc, k_run = jax.random.split(jax.random.fold_in(key, 1))
-    ref = params if self.step_cfg.needs_ref else None
+    # Leaves must be distinct buffers: the step donates the state, and donating one buffer
+    # twice (params shared with ref_params, or an init that reuses one array) is an error.
+    copy = lambda tree: jax.tree.map(lambda x: jnp.array(x, copy=True), tree)
+    ref = copy(params) if self.step_cfg.needs_ref else None
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                       opt_state=self.tx.init(params), ref_params=ref,
-                      alloc=self.allocator.init(self.train_data.size, k_alloc), rng=k_run,
-                      counters=new_counters())
+                      alloc=copy(self.allocator.init(self.train_data.size, k_alloc)), rng=k_run,
+                      counters=copy(new_counters()))
+
+  def restore_state(self, step: int | None = None) -> TrainState:
+    """The train state of checkpoint `step` (default: latest) of this trainer's workdir."""
+    ckpt = Checkpointer(self.workdir)
+    try:
+      return ckpt.restore(step, self._abstract_state())[0]
+    finally:
+      ckpt.close()
 
   def _abstract_state(self) -> TrainState:
     params = jax.eval_shape(self._init_params, jax.random.PRNGKey(0))
@@ -258,15 +293,23 @@ class Trainer:
       for step in range(start_step, run.rl.steps):
         state, ids, round_state, pool, k_round = self._begin(state)
         rounds = 0
+        failures = 0
         budget = self.allocator.budget
         for r in range(budget.max_rounds):
-          pool, round_state, done = self._round(
+          pool, plan = self._sample_round(
               state.params, pool, round_state, state.alloc["budget"], ids, self.data,
               jnp.int32(r), jax.random.fold_in(k_round, r))
+          host_rewards = None
+          if self._host_runner is not None:
+            host_rewards, failed = self._host_rewards(pool, ids, plan, r)
+            failures += failed
+          pool, round_state, done = self._finish_round(pool, round_state, plan, jnp.int32(r),
+                                                       host_rewards)
           rounds += 1
           if budget.max_rounds > 1 and r + 1 < budget.max_rounds and bool(done):
             break
-        state, metrics, counts = self._train_step(state, pool, ids, jnp.int32(rounds))
+        state, metrics, counts = self._train_step(state, pool, ids, jnp.int32(rounds),
+                                                  jnp.int32(failures))
         if pending is not None:  # fetch the previous step's metrics one step behind
           samples_hist = self._emit(writer, progress, *pending, samples_hist)
         now = time.time()
@@ -301,7 +344,9 @@ class Trainer:
       if progress is not None:
         progress.close()
       self._restore_signal_handlers()
+      self.close()
     wall = elapsed0 + time.time() - t0
+    self.state = state
     final_step = int(state.step)
     if self._stop_signal is not None:
       ckpt.save(final_step, state, self._meta(final_step, sft_acc, sft_time, wall))
@@ -338,6 +383,34 @@ class Trainer:
           f"{summary['rollouts']} rollouts, {wall:.0f} s")
     return summary
 
+  def _host_rewards(self, pool, ids, plan, round_idx: int):
+    """Decodes one round's completions and scores them with the host reward function."""
+    s = self.allocator.budget.num_slots
+    sl = slice(round_idx * s, (round_idx + 1) * s)
+    tokens, lengths, slot_prompt, slot_valid, ids = jax.device_get(
+        (pool.completions[sl], pool.lengths[sl], plan.slot_prompt, plan.slot_valid, ids))
+    rows = ids[slot_prompt]
+    texts, answers, where = [], [], []
+    for i in range(s):
+      if not slot_valid[i]:
+        continue
+      text = self.task.decode_completion(tokens[i], lengths[i])
+      if text is None:  # no eos: nothing to score
+        continue
+      texts.append(text)
+      answers.append(self.train_data.answers[rows[i]])
+      where.append(i)
+    rewards = np.zeros(s, np.float32)
+    if texts:
+      result = self._host_runner(texts, answers)
+      rewards[where] = result.rewards
+      return jnp.asarray(rewards), result.errors + result.timeouts
+    return jnp.asarray(rewards), 0
+
+  def close(self):
+    if self._host_runner is not None:
+      self._host_runner.close()
+
   def _meta(self, step, sft_acc, sft_time, wall) -> dict[str, Any]:
     return {"step": int(step), "sft_accuracy": float(sft_acc), "sft_time_s": float(sft_time),
             "wall_time_s": float(wall)}
@@ -348,7 +421,8 @@ class Trainer:
            if not k.startswith("total/")}
     rec.update(rollouts=int(metrics["total/rollouts"]),
                tokens_generated=int(metrics["total/tokens_generated"]),
-               nan_skips=int(metrics["total/nan_skips"]), step_time_s=step_time,
+               nan_skips=int(metrics["total/nan_skips"]),
+               reward_errors=int(metrics["total/reward_errors"]), step_time_s=step_time,
                samples_per_second=float(metrics["rollouts_step"]) / max(step_time, 1e-9))
     rec.update(extra)
     writer.write(step, rec)

@@ -1,0 +1,174 @@
+"""End-to-end trainer tests on a tiny config: outputs, exact resume, no recompiles, zero
+advantages give no update, ratio 1 on the first epoch, bad config and reward errors."""
+
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from adaptive_rl.rl.config import ConfigError, parse_config
+from adaptive_rl.rl.trainer import Preempted, Trainer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _config(**rl):
+  spec = importlib.util.spec_from_file_location("quickstart",
+                                                os.path.join(ROOT, "configs", "quickstart.py"))
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  c = mod.get_config("smoke=True")
+  c.task.train_size = 400
+  c.task.test_size = 40
+  c.sft.steps = 30
+  c.rl.steps = 4
+  c.rl.batch_prompts = 4
+  c.rl.group_size = 4
+  c.eval.every = 2
+  c.eval.batch_size = 40
+  c.checkpoint.every = 2
+  c.log.progress = False
+  c.log.tensorboard = True
+  for k, v in rl.items():
+    c.rl[k] = v
+  return c
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("run"))
+  trainer = Trainer(parse_config(_config()), workdir)
+  summary = trainer.run()
+  return trainer, workdir, summary
+
+
+_REQUIRED = ("step", "rollouts", "tokens_generated", "reward_mean", "accuracy", "effective_ratio",
+             "prompt_effective_ratio", "rollout_efficiency", "frac_all_correct",
+             "frac_all_wrong", "loss", "kl", "entropy", "grad_norm", "step_time_s",
+             "samples_per_second", "reward_errors", "nan_skips")
+
+
+def test_outputs(finished):
+  trainer, workdir, summary = finished
+  lines = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
+  assert [r["step"] for r in lines] == [1, 2, 3, 4]
+  for rec in lines:
+    missing = [k for k in _REQUIRED if k not in rec and not (k == "kl")]
+    assert not missing, missing
+  # Uniform budget: 4 prompts x 4 samples per step, cumulative.
+  assert [r["rollouts"] for r in lines] == [16, 32, 48, 64]
+  assert "eval_accuracy" in lines[1]
+  for rec in lines:
+    assert 0 <= rec["effective_ratio"] <= 1 and 0 <= rec["rollout_efficiency"] <= 1
+  s = json.load(open(os.path.join(workdir, "summary.json")))
+  for key in ("sft_accuracy", "final_accuracy", "rollouts", "tokens_generated", "wall_time_s",
+              "config"):
+    assert key in s
+  assert s["rollouts"] == 64 and s["tokens_generated"] == lines[-1]["tokens_generated"]
+  assert sorted(os.listdir(os.path.join(workdir, "plots"))) == [
+      "effective_ratio.png", "reward_accuracy.png", "samples_per_prompt.png"]
+  assert any(f.startswith("events") for f in os.listdir(os.path.join(workdir, "tb")))
+  assert trainer.test_data.size == 40
+
+
+def test_jitted_functions_compile_once(finished):
+  trainer, _, _ = finished
+  for fn in (trainer._begin, trainer._sample_round, trainer._finish_round, trainer._train_step):
+    assert fn._cache_size() == 1
+
+
+def test_interrupted_run_resumes_to_the_same_result(finished, tmp_path):
+  _, _, full = finished
+
+  class StopAfterTwo(Trainer):
+    def _emit(self, writer, progress, step, *args):
+      out = super()._emit(writer, progress, step, *args)
+      if step == 2:
+        self._stop_signal = signal.SIGTERM  # what the SIGTERM handler sets
+      return out
+
+  workdir = str(tmp_path / "resumed")
+  with pytest.raises(Preempted, match="SIGTERM"):
+    StopAfterTwo(parse_config(_config()), workdir).run()
+  lines = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
+  assert lines[-1]["step"] in (2, 3)
+  resumed = Trainer(parse_config(_config()), workdir).run()
+  assert resumed["final_accuracy"] == full["final_accuracy"]
+  assert resumed["rollouts"] == full["rollouts"]
+  assert resumed["last_loss"] == pytest.approx(full["last_loss"], rel=1e-5, abs=1e-7)
+  steps = [json.loads(l)["step"] for l in open(os.path.join(workdir, "metrics.jsonl"))]
+  assert steps == [1, 2, 3, 4]  # steps after the checkpoint rewritten, not repeated
+
+
+def _pool_state(trainer, rewards):
+  state = trainer.init_state(trainer._init_params(jax.random.PRNGKey(0)))
+  state, ids, round_state, pool, key = trainer._begin(state)
+  pool, plan = trainer._sample_round(state.params, pool, round_state, state.alloc["budget"], ids,
+                                     trainer.data, jnp.int32(0), key)
+  pool = pool._replace(rewards=jnp.asarray(rewards, jnp.float32))
+  return state, pool, ids
+
+
+def test_zero_advantage_batch_leaves_params_unchanged(finished):
+  trainer, _, _ = finished
+  state, pool, ids = _pool_state(trainer, np.full(16, 1.0))
+  before = jax.tree.map(np.asarray, state.params)
+  new, metrics, _ = trainer._train_step(state, pool, ids, jnp.int32(1), jnp.int32(0))
+  jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, new.params), before)
+  assert float(metrics["effective_ratio"]) == 0.0 and float(metrics["grad_norm"]) == 0.0
+
+
+def test_first_epoch_ratio_is_one_and_nothing_clipped(finished):
+  trainer, _, _ = finished
+  rewards = np.tile([1.0, 0.0, 0.0, 1.0], 4)
+  state, pool, ids = _pool_state(trainer, rewards)
+  # One mini-batch, one epoch: the policy that sampled is the one being differentiated.
+  single = Trainer(parse_config(_config(mini_batches=1)), trainer.workdir + "_single")
+  _, metrics, _ = single._train_step(state, pool, ids, jnp.int32(1), jnp.int32(0))
+  assert abs(float(metrics["ratio_mean"]) - 1.0) < 1e-4
+  assert float(metrics["clip_frac"]) == 0.0
+  assert float(metrics["effective_ratio"]) == 1.0
+  assert float(metrics["prompt_effective_ratio"]) == 1.0
+
+
+def test_bad_config_keys_and_values_fail_naming_them():
+  c = _config()
+  c.rl.lrr = 1e-3
+  with pytest.raises(ConfigError, match=r"rl\.lrr.*did you mean 'lr'"):
+    parse_config(c)
+  c = _config(group_size=0)
+  with pytest.raises(ConfigError, match="rl.group_size"):
+    parse_config(c)
+  c = _config()
+  c.allocator.name = "nonsense"
+  with pytest.raises(ConfigError, match="valid allocators"):
+    Trainer(parse_config(c), "/tmp/unused")
+
+
+def test_launch_rejects_unknown_override(tmp_path):
+  out = subprocess.run(
+      [sys.executable, os.path.join(ROOT, "launch", "train.py"), "--config",
+       os.path.join(ROOT, "configs", "quickstart.py") + ":smoke=True", "--config.rl.lrr=3",
+       "--workdir", str(tmp_path)], capture_output=True, text=True, timeout=120)
+  assert out.returncode != 0
+  assert "lrr" in out.stderr
+
+
+def test_host_reward_failures_score_zero_and_are_counted(tmp_path):
+  c = _config()
+  c.rl.steps = 2
+  c.reward.mode = "host"
+  c.reward.fn = "tests.reward_fns:flaky_exact"
+  c.reward.timeout_s = 2.0
+  c.task.reverse_answer = False
+  summary = Trainer(parse_config(c), str(tmp_path)).run()
+  lines = [json.loads(l) for l in open(os.path.join(tmp_path, "metrics.jsonl"))]
+  assert summary["steps"] == 2
+  assert lines[-1]["reward_errors"] > 0
