@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from adaptive_rl.allocation.metrics import efficiency_metrics
 from adaptive_rl.allocation.roles import Allocator, Plan, PoolView, prompt_stats
 from adaptive_rl.models import ModelConfig
 from adaptive_rl.rl.logprobs import completion_logprobs, embedding_grad_norms
@@ -254,16 +255,9 @@ def make_train_step(model_cfg: ModelConfig, cfg: StepConfig, allocator: Allocato
     stats = prompt_stats(ids, view, cfg.tau, grad_norms, completion_hash)
     alloc = allocator.update(state.alloc, stats, view)
 
-    nonzero = groups.valid & (jnp.abs(b["advantages"]) > 0)
-    trained = jnp.sum(groups.valid)
-    generated = jnp.sum(pool.valid)
-    bp = ids.shape[0]
-    prompt_nonzero = jax.ops.segment_max(nonzero.astype(jnp.int32), groups.group,
-                                         num_segments=bp) > 0
-    sampled = stats.num_samples > 0
-    num_sampled = jnp.maximum(jnp.sum(sampled), 1)
-    all_correct = sampled & (stats.num_correct == stats.num_samples)
-    all_wrong = sampled & (stats.num_correct == 0)
+    eff = efficiency_metrics(groups, b["advantages"], stats, view)
+    generated = eff["rollouts_step"]
+    trained = eff["samples_trained"]
     tokens = jnp.sum(jnp.where(pool.valid, pool.lengths, 0))
     valid_f = pool.valid.astype(jnp.float32)
     skipped = jnp.sum(upd["skipped"]).astype(jnp.int32)
@@ -283,21 +277,10 @@ def make_train_step(model_cfg: ModelConfig, cfg: StepConfig, allocator: Allocato
         "skipped_updates": skipped,
         "reward_mean": jnp.sum(pool.rewards * valid_f) / jnp.maximum(generated, 1),
         "accuracy": jnp.sum((pool.rewards > cfg.tau) * valid_f) / jnp.maximum(generated, 1),
-        "rollouts_step": generated,
         "tokens_step": tokens,
         "mean_length": tokens / jnp.maximum(generated, 1),
         "truncated_frac": jnp.sum(pool.truncated * valid_f) / jnp.maximum(generated, 1),
-        "effective_ratio": jnp.sum(nonzero) / jnp.maximum(trained, 1),
-        "prompt_effective_ratio": jnp.sum(prompt_nonzero & sampled) / num_sampled,
-        "rollout_efficiency": jnp.sum(nonzero) / jnp.maximum(generated, 1),
-        "frac_all_correct": jnp.sum(all_correct) / num_sampled,
-        "frac_all_wrong": jnp.sum(all_wrong) / num_sampled,
-        "prompts_selected": jnp.sum(sampled),
-        "prompts_trained": jnp.sum(jax.ops.segment_max(groups.valid.astype(jnp.int32),
-                                                       groups.group, num_segments=bp) > 0),
-        "samples_trained": trained,
-        "samples_per_prompt_mean": jnp.sum(stats.num_samples) / num_sampled,
-        "samples_per_prompt_max": jnp.max(stats.num_samples),
+        **eff,
         "rounds": rounds_used,
         "adv_abs_mean": jnp.sum(jnp.abs(b["advantages"])) / jnp.maximum(trained, 1),
         **{f"alloc/{k}": v for k, v in allocator.summary(alloc).items()},

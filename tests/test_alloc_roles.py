@@ -1,0 +1,157 @@
+"""Allocation roles composed into allocators: simulator invariants against analytic values, the
+round logic of each budget, registry errors, and every preset fused into the real train step."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from adaptive_rl.allocation import budget as budgets
+from adaptive_rl.allocation.registry import PRESETS, build_allocator
+from adaptive_rl.allocation.simulate import pass_rates, simulate
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _alloc(name, b=16, n=8, **settings):
+  return build_allocator(dict(name=name, **settings), batch_prompts=b, group_size=n, tau=0.5)
+
+
+def test_uniform_effective_ratio_matches_analytic():
+  p = pass_rates("uniform", 256, seed=1)
+  out = simulate(_alloc("uniform", b=32, n=8), p, steps=400, seed=0)
+  # Every prompt is visited equally often (epoch permutations), so the expected fraction of
+  # rollouts in groups with mixed rewards is 1 - mean(p^n + (1 - p)^n).
+  expect = 1.0 - np.mean(p**8 + (1 - p)**8)
+  assert out["effective_ratio"] == pytest.approx(expect, abs=0.01)
+  assert out["effective_ratio"] == pytest.approx(out["prompt_effective_ratio"], abs=1e-6)
+  assert out["rollouts"] == 400 * 32 * 8
+
+
+def test_adaptive_presets_beat_uniform_where_their_papers_say():
+  p = pass_rates("u_shaped", 512, seed=0)
+  runs = {name: simulate(_alloc(name), p, steps=150, seed=0)
+          for name in ("uniform", "knapsack", "reinforce_ada", "mopps", "dps")}
+  u = runs["uniform"]
+  assert runs["knapsack"]["effective_ratio"] > u["effective_ratio"] + 0.1
+  assert runs["reinforce_ada"]["prompt_effective_ratio"] > u["prompt_effective_ratio"] + 0.1
+  assert runs["mopps"]["prompt_effective_ratio"] > u["prompt_effective_ratio"] + 0.1
+  assert runs["dps"]["prompt_effective_ratio"] > u["prompt_effective_ratio"] + 0.1
+  # Budgeted methods spend exactly the uniform budget.
+  assert runs["knapsack"]["rollouts"] == u["rollouts"]
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_preset_simulates(name):
+  p = pass_rates("mixed", 128, seed=2)
+  out = simulate(_alloc(name, b=8, n=4), p, steps=20, seed=3, drift=0.1)
+  for key in ("effective_ratio", "prompt_effective_ratio", "rollout_efficiency"):
+    assert 0.0 <= out[key] <= 1.0
+  assert out["mean_pass_rate_final"] >= float(np.mean(p)) - 1e-6  # drift only raises p
+
+
+def test_reinforce_ada_rounds_deal_slots_to_active_prompts():
+  b = budgets.ReinforceAdaBudget(4, n=2, rounds=3, samples_per_round=2, tau=0.5)
+  rs = b.start((), jnp.arange(4))
+  plan = b.plan((), rs, 0)
+  np.testing.assert_array_equal(plan.slot_prompt, [0, 0, 1, 1, 2, 2, 3, 3])
+  # Prompt 0 gets one positive and one negative (exits), prompt 1 two positives, others zeros.
+  rs, done = b.observe(rs, plan, jnp.asarray([1., 0., 1., 1., 0., 0., 0., 0.]))
+  assert not bool(done)
+  np.testing.assert_array_equal(rs.active, [False, True, True, True])
+  plan = b.plan((), rs, 1)
+  assert sorted(np.asarray(plan.slot_prompt).tolist()) == [1, 1, 1, 2, 2, 2, 3, 3]
+  assert bool(jnp.all(plan.slot_valid))
+
+
+def test_dapo_gives_up_after_max_gen_batches_and_trains_on_what_it_kept():
+  p = np.zeros(64, np.float32)  # no prompt ever has mixed rewards
+  out = simulate(_alloc("dapo_filter", b=4, n=4, dapo=dict(max_gen_batches=2)), p, steps=5)
+  assert out["rounds_mean"] == 2.0
+  assert out["groups_trained"] == 0 and out["effective_ratio"] == 0.0
+  assert out["rollouts"] == 5 * 2 * 4 * 4
+
+
+def test_registry_errors_list_valid_names_and_numbers():
+  with pytest.raises(ValueError, match="valid allocators"):
+    _alloc("nope")
+  with pytest.raises(ValueError, match="valid select roles"):
+    _alloc("uniform", select="thompson")
+  with pytest.raises(ValueError, match=r"below batch_size \* n_low = 16 \* 12 = 192"):
+    _alloc("knapsack", knapsack=dict(n_low=12))
+  with pytest.raises(ValueError, match="ratio"):
+    _alloc("mopps", mopps=dict(ratio=0))
+  with pytest.raises(ValueError, match="allocator.knapsack setting"):
+    _alloc("knapsack", knapsack=dict(n_lo=1))
+
+
+def test_composition_is_one_line():
+  a = _alloc("reinforce_ada", select="mopps")
+  assert type(a.select).__name__ == "MoPPSSelect"
+  assert type(a.budget).__name__ == "ReinforceAdaBudget"
+  out = simulate(a, pass_rates("u_shaped", 256), steps=10)
+  assert out["prompt_effective_ratio"] > 0
+
+
+def test_simulate_cli_json(tmp_path):
+  rates = tmp_path / "rates.npy"
+  np.save(rates, pass_rates("uniform", 100, seed=0))
+  out = subprocess.run([sys.executable, os.path.join(ROOT, "launch", "simulate.py"),
+                        "--allocator", "knapsack", "--pass_rates", str(rates), "--steps", "10",
+                        "--batch_prompts", "16", "--json"], capture_output=True, text=True,
+                       timeout=300)
+  assert out.returncode == 0, out.stderr
+  summary = json.loads(out.stdout.strip().splitlines()[-1])
+  for key in ("allocator", "steps", "rollouts", "groups_trained", "effective_ratio",
+              "prompt_effective_ratio", "rollout_efficiency", "frac_all_correct",
+              "frac_all_wrong", "mean_pass_rate_final", "samples_per_prompt_max"):
+    assert key in summary
+  assert summary["rollouts"] == 10 * 16 * 8
+
+
+def _tiny_config(allocator):
+  spec = importlib.util.spec_from_file_location("quickstart",
+                                                os.path.join(ROOT, "configs", "quickstart.py"))
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  c = mod.get_config(f"smoke=True,allocator={allocator}")
+  c.task.train_size = 300
+  c.task.test_size = 20
+  c.sft.steps = 20
+  c.rl.steps = 2
+  c.rl.batch_prompts = 4
+  c.rl.group_size = 4
+  c.allocator.reinforce_ada.samples_per_round = 4
+  c.allocator.reinforce_ada.rounds = 2
+  c.allocator.mopps.ratio = 2
+  c.allocator.dps.ratio = 2
+  c.allocator.dapo.max_gen_batches = 2
+  c.eval.every = 0
+  c.eval.batch_size = 20
+  c.checkpoint.every = 0
+  c.log.progress = False
+  c.log.plots = False
+  c.log.tensorboard = False
+  return c
+
+
+_FAST = ("reinforce_ada", "gvm", "dapo_filter")
+
+
+@pytest.mark.parametrize("name", [
+    pytest.param(n, marks=() if n in _FAST else pytest.mark.slow) for n in sorted(PRESETS)])
+def test_preset_trains_end_to_end(name, tmp_path):
+  from adaptive_rl.rl.config import parse_config
+  from adaptive_rl.rl.trainer import Trainer
+  trainer = Trainer(parse_config(_tiny_config(name)), str(tmp_path))
+  summary = trainer.run()
+  assert summary["steps"] == 2 and summary["rollouts"] > 0
+  lines = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
+  assert len(lines) == 2
+  assert trainer._train_step._cache_size() == 1
