@@ -42,6 +42,7 @@ def get_config(arg: str = ""):
   args = parse_arg(arg, smoke=False, allocator="uniform", task="arithmetic", seed=0)
   c = ml_collections.ConfigDict()
   c.seed = args.seed
+  c.force = False  # resume a workdir whose recorded config differs from this one
 
   if args.task == "arithmetic":
     c.task = dict(name="arithmetic", ops="+", max_digits=2, train_size=20000, test_size=500,

@@ -85,7 +85,10 @@ class RLConfig:
   max_consecutive_nan: int = 5
 
   def __post_init__(self):
-    for name in ("steps", "batch_prompts", "group_size"):
+    if self.steps < 0:
+      raise ConfigError(f"rl.steps must be >= 0 (0 = supervised warm start only), got "
+                        f"{self.steps}")
+    for name in ("batch_prompts", "group_size"):
       if getattr(self, name) < 1:
         raise ConfigError(f"rl.{name} must be >= 1, got {getattr(self, name)}")
     if self.max_new_tokens < 0:
@@ -117,7 +120,7 @@ class RLConfig:
 
   def optimizer(self) -> OptimizerConfig:
     return OptimizerConfig(lr=self.lr, warmup_steps=self.warmup_steps, decay=self.decay,
-                           total_steps=self.steps, min_lr_ratio=self.min_lr_ratio, b1=self.b1,
+                           total_steps=max(self.steps, 1), min_lr_ratio=self.min_lr_ratio, b1=self.b1,
                            b2=self.b2, weight_decay=self.weight_decay, grad_clip=self.grad_clip)
 
 
@@ -219,7 +222,8 @@ def _section(cls, values: dict[str, Any], name: str):
     raise ConfigError(f"bad value in config section {name!r}: {e}") from None
 
 
-_TOP = ("seed", "task", "model", "sft", "rl", "allocator", "reward", "eval", "checkpoint", "log")
+_TOP = ("seed", "task", "model", "sft", "rl", "allocator", "reward", "eval", "checkpoint", "log",
+        "force")
 
 
 def parse_config(config) -> RunConfig:

@@ -242,14 +242,18 @@ class Trainer:
     os.makedirs(self.workdir, exist_ok=True)
     path = os.path.join(self.workdir, "config.json")
     raw = json.loads(json.dumps(self.run_cfg.raw, default=str))
+    force = bool(raw.pop("force", False))
     if os.path.exists(path):
       with open(path) as f:
         old = json.load(f)
-      if old != raw and not raw.get("force", False):
+      old.pop("force", None)
+      if old != raw and not force:
         changed = sorted(k for k in set(old) | set(raw) if old.get(k) != raw.get(k))
         raise ConfigError(
             f"workdir {self.workdir} holds a run with a different config (sections differing: "
-            f"{changed}); use a new workdir to start a different run")
+            f"{changed}); use a new workdir, or --config.force=True to resume it anyway")
+      if old != raw and self.is_main:
+        write_json(path, raw)
     elif self.is_main:
       write_json(path, raw)
 
