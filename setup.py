@@ -3,7 +3,7 @@
 import setuptools
 
 _CORE = [
-    "jax>=0.4.35",
+    "jax>=0.6.0",
     "flax>=0.10",
     "optax>=0.2.4",
     "orbax-checkpoint>=0.11",
