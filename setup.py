@@ -17,7 +17,7 @@ _CORE = [
     "tokenizers>=0.20",
     "matplotlib>=3.8",
     "tensorboardX>=2.6",
-    "jinja2>=3.1",
+    "jinja2>=3.1.6",
 ]
 
 _EXTRAS = {
@@ -31,6 +31,8 @@ _EXTRAS = {
         "nbclient>=0.10",
         "nbformat>=5.10",
         "ipykernel>=6.29",
+        "math-verify>=0.7",
+        "pyarrow>=15",
     ],
     "math": ["math-verify>=0.7"],
     "tfds": ["tensorflow-datasets>=4.9"],
