@@ -19,23 +19,23 @@ from adaptive_rl.rl.trainer import Preempted, Trainer
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+# The tiny run every test here uses: the quickstart smoke config, shrunk further.
+_OVERRIDES = {
+    "task.train_size": 400, "task.test_size": 40, "sft.steps": 30, "rl.steps": 4,
+    "rl.batch_prompts": 4, "rl.group_size": 4, "eval.every": 2, "eval.batch_size": 40,
+    "checkpoint.every": 2, "log.progress": False, "log.tensorboard": True,
+}
+
+
 def _config(**rl):
   spec = importlib.util.spec_from_file_location("quickstart",
                                                 os.path.join(ROOT, "configs", "quickstart.py"))
   mod = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(mod)
   c = mod.get_config("smoke=True")
-  c.task.train_size = 400
-  c.task.test_size = 40
-  c.sft.steps = 30
-  c.rl.steps = 4
-  c.rl.batch_prompts = 4
-  c.rl.group_size = 4
-  c.eval.every = 2
-  c.eval.batch_size = 40
-  c.checkpoint.every = 2
-  c.log.progress = False
-  c.log.tensorboard = True
+  for dotted, value in _OVERRIDES.items():
+    section, key = dotted.split(".")
+    c[section][key] = value
   for k, v in rl.items():
     c.rl[k] = v
   return c
@@ -172,3 +172,28 @@ def test_host_reward_failures_score_zero_and_are_counted(tmp_path):
   lines = [json.loads(l) for l in open(os.path.join(tmp_path, "metrics.jsonl"))]
   assert summary["steps"] == 2
   assert lines[-1]["reward_errors"] > 0
+
+
+def test_evaluate_k_on_the_trained_policy(finished):
+  from adaptive_rl.rl.evaluation import evaluate_k
+  trainer, _, _ = finished
+  state = trainer.restore_state()
+  out = evaluate_k(trainer.model_cfg, state.params, trainer.task, trainer.test_data, k=4,
+                   temperature=1.0, max_new_tokens=trainer.max_new, batch_size=16, limit=20)
+  assert out["num_prompts"] == 20
+  assert out["pass@1"] == pytest.approx(out["avg@4"])  # unbiased pass@1 is the mean
+  assert out["pass@1"] <= out["pass@2"] <= out["pass@4"] <= 1.0
+  assert 0.0 <= out["maj@4"] <= 1.0
+
+
+def test_evaluate_cli_writes_json(finished):
+  _, workdir, _ = finished
+  flags = [f"--config.{k}={v}" for k, v in _OVERRIDES.items()]
+  out = subprocess.run(
+      [sys.executable, os.path.join(ROOT, "launch", "evaluate.py"), "--config",
+       os.path.join(ROOT, "configs", "quickstart.py") + ":smoke=True", *flags,
+       "--workdir", workdir, "--k", "2", "--limit", "8"],
+      capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr
+  result = json.load(open(os.path.join(workdir, "eval_step4_k2.json")))
+  assert result["step"] == 4 and result["num_prompts"] == 8 and "pass@2" in result

@@ -43,3 +43,57 @@ def evaluate(eval_fn: Callable, params: Any, data, batch_size: int, rng: jax.Arr
   for level in np.unique(levels):
     out[f"accuracy_level_{int(level)}"] = float(np.mean(rewards[levels == level] > 0.5))
   return out
+
+
+def evaluate_k(model_cfg: ModelConfig, params: Any, task, data, *, k: int, temperature: float,
+               max_new_tokens: int, batch_size: int, seed: int = 0,
+               limit: int = 0) -> dict[str, Any]:
+  """k samples per held-out prompt: pass@k (unbiased, for every power of two <= k), maj@k and
+  avg@k, plus per-difficulty pass@1.
+
+  Args:
+    model_cfg, params: the policy.
+    task: a built-in task (in-graph `reward`, `decode_completion`).
+    data: the split (`TaskData`).
+    k: samples per prompt.
+    temperature: sampling temperature (> 0).
+    max_new_tokens: completion budget.
+    batch_size: prompts per sampling call (each call samples batch_size * k rows).
+    seed: sampling seed.
+    limit: evaluate at most this many prompts (0 = all).
+  """
+  from adaptive_rl.rl.passk import avg_at_k, maj_at_k, pass_at_k  # pylint: disable=import-outside-toplevel
+  from adaptive_rl.sampling import Sample  # pylint: disable=import-outside-toplevel
+
+  tok = task.tokenizer
+  scfg = SamplerConfig(max_new_tokens, (tok.eos_id,), tok.pad_id, Sample(temperature=temperature))
+  fn = make_eval_fn(model_cfg, scfg, task.reward)
+  n = data.size if not limit else min(limit, data.size)
+  correct = np.zeros((n, k), bool)
+  answers: list[list[str | None]] = [[] for _ in range(n)]
+  rng = jax.random.PRNGKey(seed)
+  for start in range(0, n, batch_size):
+    idx = np.arange(start, start + batch_size) % data.size
+    rows = np.repeat(idx, k)
+    r, toks, lens = fn(params, jnp.asarray(data.prompts[rows]),
+                       jnp.asarray(data.prompt_lengths[rows]), jnp.asarray(data.targets[rows]),
+                       jax.random.fold_in(rng, start))
+    r, toks, lens = np.asarray(r).reshape(-1, k), np.asarray(toks), np.asarray(lens)
+    for j in range(min(batch_size, n - start)):
+      correct[start + j] = r[j] > 0.5
+      answers[start + j] = [task.decode_completion(toks[j * k + s], lens[j * k + s])
+                            for s in range(k)]
+  c = correct.sum(1)
+  out: dict[str, Any] = {"num_prompts": int(n), "k": int(k), "temperature": float(temperature)}
+  kk = 1
+  while kk <= k:
+    out[f"pass@{kk}"] = float(np.mean([pass_at_k(k, int(ci), kk) for ci in c]))
+    kk *= 2
+  if f"pass@{k}" not in out:
+    out[f"pass@{k}"] = float(np.mean([pass_at_k(k, int(ci), k) for ci in c]))
+  out[f"maj@{k}"] = float(np.mean([maj_at_k(answers[i], correct[i], k) for i in range(n)]))
+  out[f"avg@{k}"] = float(np.mean([avg_at_k(correct[i], k) for i in range(n)]))
+  levels = np.asarray(data.difficulty[:n])
+  for level in np.unique(levels):
+    out[f"pass@1_level_{int(level)}"] = float(np.mean(correct[levels == level]))
+  return out
