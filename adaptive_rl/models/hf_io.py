@@ -13,7 +13,6 @@ import os
 from typing import Any
 
 import jax.numpy as jnp
-import numpy as np
 
 from adaptive_rl.models.config import ModelConfig
 from adaptive_rl.models.transformer import Params
@@ -298,8 +297,3 @@ def to_hf(cfg: ModelConfig, params: Params, out_dir: str,
   with open(os.path.join(out_dir, "config.json"), "w") as f:
     json.dump(config_to_hf(cfg), f, indent=2)
 
-
-def numpy_params(params: Params) -> Params:
-  """Host copies of params (float32), e.g. for comparisons in tests."""
-  import jax  # pylint: disable=import-outside-toplevel
-  return jax.tree.map(lambda x: np.asarray(x, np.float32), params)

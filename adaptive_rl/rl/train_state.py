@@ -39,8 +39,8 @@ COUNTERS = ("rollouts", "tokens_generated", "nan_skips", "consecutive_nan_skips"
 
 
 def new_counters() -> dict[str, jax.Array]:
-  return {name: jnp.zeros((), jnp.int32 if name != "tokens_generated" else jnp.int32)
-          for name in COUNTERS}
+  """Zeroed run counters (int32: a run past 2^31 generated tokens would need int64 / x64)."""
+  return {name: jnp.zeros((), jnp.int32) for name in COUNTERS}
 
 
 @dataclasses.dataclass(frozen=True)
