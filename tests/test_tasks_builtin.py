@@ -46,7 +46,7 @@ def _rewards(task, texts, length=None, targets=None):
 
 
 def test_make_task_registry():
-  assert builtin.TASK_NAMES == ("arithmetic", "countdown")
+  assert builtin.TASK_NAMES == ("arithmetic", "countdown", "text")
   task = builtin.make_task("arithmetic", ops="+-", max_digits=2)
   assert task == ArithmeticTask(ops="+-", max_digits=2)
   with pytest.raises(ValueError, match="arithmetic, countdown"):

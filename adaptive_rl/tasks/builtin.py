@@ -36,6 +36,7 @@ SPLITS = ("train", "test")
 _TASKS = {
     "arithmetic": ("adaptive_rl.tasks.arithmetic", "ArithmeticTask"),
     "countdown": ("adaptive_rl.tasks.countdown", "CountdownTask"),
+    "text": ("adaptive_rl.tasks.text_task", "TextTask"),
 }
 TASK_NAMES = tuple(sorted(_TASKS))
 
@@ -114,6 +115,7 @@ class BuiltinTask(abc.ABC):
 
   name: ClassVar[str] = ""
   alphabet: ClassVar[str] = ""
+  has_graph_reward: ClassVar[bool] = True  # `reward` is jittable (text tasks score on the host)
 
   @property
   def tokenizer(self) -> CharTokenizer:
