@@ -155,3 +155,17 @@ def test_preset_trains_end_to_end(name, tmp_path):
   lines = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
   assert len(lines) == 2
   assert trainer._train_step._cache_size() == 1
+
+
+def test_preset_settings_survive_a_config_full_of_defaults():
+  from adaptive_rl.allocation.registry import default_settings
+  settings = default_settings()  # what a config file carries: every default spelled out
+  settings["name"] = "reinforce_ada_positive"
+  a = build_allocator(settings, batch_prompts=4, group_size=4, tau=0.5)
+  assert a.budget.variant == "positive" and a.group.variant == "positive"
+  settings["name"] = "reinforce_ada"
+  assert build_allocator(settings, batch_prompts=4, group_size=4, tau=0.5).budget.variant == (
+      "balanced")
+  settings["reinforce_ada"]["variant"] = "positive"  # an explicit choice wins over the preset
+  assert build_allocator(settings, batch_prompts=4, group_size=4, tau=0.5).budget.variant == (
+      "positive")

@@ -46,7 +46,8 @@ METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
                 ema=0.0, adv_clip=5.0),
     "knapsack": dict(n_low=2, n_up=128, n_pos=2, n_neg=2, confidence=0.9, window=16,
                      min_known=8, adv_clip=5.0),
-    "reinforce_ada": dict(rounds=4, samples_per_round=8, tau=0.7, variant="balanced",
+    # variant "" = the preset's (reinforce_ada: balanced, reinforce_ada_positive: positive).
+    "reinforce_ada": dict(rounds=4, samples_per_round=8, tau=0.7, variant="",
                           use_std=False, drop_one_class=True),
     "dapo": dict(max_gen_batches=3),
 }
@@ -97,7 +98,11 @@ def build_allocator(settings: dict[str, Any], *, batch_prompts: int, group_size:
     for k in given:
       if k not in defaults:
         _pick(f"allocator.{key} setting", k, list(defaults))
+    # Settings left at their "" default take the preset's value.
+    given = {k: v for k, v in given.items() if v != "" or k not in preset_over.get(key, {})}
     method[key] = {**defaults, **preset_over.get(key, {}), **given}
+  if not method["reinforce_ada"]["variant"]:
+    method["reinforce_ada"]["variant"] = "balanced"
 
   b, n = batch_prompts, group_size
   ra = method["reinforce_ada"]
