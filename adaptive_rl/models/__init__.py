@@ -5,6 +5,7 @@
   models.to_hf(cfg, params, out_dir)             # loadable by transformers
 """
 
+from adaptive_rl.models import lora
 from adaptive_rl.models.config import ModelConfig
 from adaptive_rl.models.hf_io import config_from_hf, config_to_hf, from_hf, to_hf
 from adaptive_rl.models.presets import PRESETS, get_preset
