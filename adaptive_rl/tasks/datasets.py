@@ -56,8 +56,14 @@ def _infer_format(path: str) -> str:
 
 
 def _jsonl(path: str) -> Iterator[tuple[int, Any]]:
-  with open(path, encoding="utf-8") as f:
-    for n, line in enumerate(f, start=1):
+  # Lines are decoded one at a time so that a bad byte sequence names its own line.
+  with open(path, "rb") as f:
+    for n, raw in enumerate(f, start=1):
+      try:
+        line = raw.decode("utf-8")
+      except UnicodeDecodeError as e:
+        yield n, _Bad(f"expected UTF-8 text, got an invalid byte at column {e.start + 1}")
+        continue
       if not line.strip():
         continue
       try:
@@ -65,16 +71,22 @@ def _jsonl(path: str) -> Iterator[tuple[int, Any]]:
       except json.JSONDecodeError as e:
         yield n, _Bad(f"expected one JSON object per line, got invalid JSON ({e.msg} at column "
                       f"{e.colno})")
+      except (ValueError, RecursionError) as e:  # e.g. a 5000-digit integer, 100k nested [
+        yield n, _Bad(f"expected one JSON object per line, got JSON that cannot be read "
+                      f"({type(e).__name__}: {str(e)[:80]})")
 
 
 def _json(path: str) -> Iterator[tuple[int, Any]]:
-  with open(path, encoding="utf-8") as f:
-    try:
+  try:
+    with open(path, encoding="utf-8") as f:
       data = json.load(f)
-    except json.JSONDecodeError as e:
-      raise ValueError(
-          f"{path}: line {e.lineno}: expected a JSON list of objects, got invalid JSON ({e.msg} "
-          f"at column {e.colno}); for JSON Lines use the .jsonl extension or fmt='jsonl'") from e
+  except json.JSONDecodeError as e:
+    raise ValueError(
+        f"{path}: line {e.lineno}: expected a JSON list of objects, got invalid JSON ({e.msg} "
+        f"at column {e.colno}); for JSON Lines use the .jsonl extension or fmt='jsonl'") from e
+  except (ValueError, RecursionError) as e:  # bad UTF-8, huge integers, extreme nesting
+    raise ValueError(f"{path}: expected a JSON list of objects, got a file that cannot be read "
+                     f"({type(e).__name__}: {str(e)[:80]})") from e
   if not isinstance(data, list):
     raise ValueError(f"{path}: expected a JSON list of objects at the top level, got "
                      f"{type(data).__name__}")

@@ -36,6 +36,9 @@ from adaptive_rl.tasks import answers as answers_lib
 
 _MAX_ANSWER_CHARS = 1000
 _MAX_DEPTH = 40
+# Bracket depth the screen lets through to math-verify, whose parser is exponential in nesting
+# (depth 14 takes ~9 s, 16 ~32 s); real final answers nest a few levels at most.
+_MAX_SCREEN_DEPTH = 10
 _MATH_VERIFY_TIMEOUT_S = 1
 _REL_TOL, _ABS_TOL = 1e-6, 1e-9
 BACKENDS = ("auto", "math_verify", "fallback")
@@ -151,7 +154,7 @@ def _group_start(s: str, i: int) -> int:
 def too_expensive(answer: str) -> bool:
   """Whether a symbolic engine could spend unbounded time on `answer`.
 
-  Rejects: over 1000 characters; brackets nested deeper than 40; a power whose exponent is not
+  Rejects: over 1000 characters; brackets nested deeper than 10; a power whose exponent is not
   simple (a number of at most 4 digits, a short sum of such terms with letters, or a small
   fraction), a power of a power ("9^9^9", "(10^{99})^{99}"); a factorial of anything but a
   1-3 digit number; a binomial with a 5+ digit number.
@@ -169,7 +172,7 @@ def too_expensive(answer: str) -> bool:
   for ch in s:
     depth += ch in "({["
     depth -= ch in ")}]"
-    if depth > _MAX_DEPTH:
+    if depth > _MAX_SCREEN_DEPTH:
       return True
   for i, ch in enumerate(s):
     if ch == "^":
@@ -334,7 +337,7 @@ _WORD_CONSTANTS = {"\\pi": math.pi, "pi": math.pi}
 
 
 def _is_number(tok: str) -> bool:
-  return tok[0].isdigit() or (tok[0] == "." and len(tok) > 1)
+  return tok[0].isdecimal() or (tok[0] == "." and len(tok) > 1)  # "²".isdigit(), not float()-able
 
 
 class _Parser:
