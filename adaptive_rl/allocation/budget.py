@@ -39,9 +39,8 @@ def _check_positive(name: str, **values):
       raise ValueError(f"allocator.{name}.{key} must be >= 1, got {v}")
 
 
-@dataclasses.dataclass(frozen=True)
-class FixedBudget:
-  """Every chosen prompt gets exactly n rollouts in one round (GRPO)."""
+class _OneRound:
+  """Budgets that spend N = B n slots in a single round on per-prompt counts from `start`."""
 
   batch_prompts: int
   group_size: int
@@ -58,18 +57,25 @@ class FixedBudget:
   def max_rounds(self) -> int:
     return 1
 
-  def init(self, num_prompts: int) -> Any:
-    return ()
-
-  def start(self, state, ids: jax.Array) -> Any:
-    return ()
-
   def plan(self, state, round_state, round_idx) -> Plan:
-    slot_prompt = jnp.repeat(jnp.arange(self.batch_prompts, dtype=jnp.int32), self.group_size)
-    return Plan(slot_prompt, jnp.ones_like(slot_prompt, bool))
+    return slots_from_counts(round_state, self.num_slots)
 
   def observe(self, round_state, plan: Plan, rewards: jax.Array):
     return round_state, jnp.asarray(True)
+
+
+@dataclasses.dataclass(frozen=True)
+class FixedBudget(_OneRound):
+  """Every chosen prompt gets exactly n rollouts in one round (GRPO)."""
+
+  batch_prompts: int
+  group_size: int
+
+  def init(self, num_prompts: int) -> Any:
+    return ()
+
+  def start(self, state, ids: jax.Array) -> jax.Array:
+    return jnp.full(ids.shape, self.group_size, jnp.int32)
 
   def update(self, state, stats: PromptStats, pool: PoolView):
     return state
@@ -144,7 +150,7 @@ class ReinforceAdaBudget:
 
 
 @dataclasses.dataclass(frozen=True)
-class GVMBudget:
+class GVMBudget(_OneRound):
   """GVM: budgets proportional to the gradient-variance-minimising weights, refreshed online.
 
   The estimates (p_i, G_i) come from each visit's rollouts (reused, not discarded); G_i is the
@@ -178,18 +184,6 @@ class GVMBudget:
   def unknown_budget(self) -> int:
     return self.n_unknown or self.group_size
 
-  @property
-  def num_prompts(self) -> int:
-    return self.batch_prompts
-
-  @property
-  def num_slots(self) -> int:
-    return self.batch_prompts * self.group_size
-
-  @property
-  def max_rounds(self) -> int:
-    return 1
-
   def init(self, num_prompts: int) -> gvm.GVMState:
     return gvm.gvm_init(num_prompts)
 
@@ -198,12 +192,6 @@ class GVMBudget:
     return gvm.gvm_allocate(p, g, self.num_slots, self.alpha, self.beta, self.filter_threshold,
                             self.filter_insufficient, known=known,
                             n_unknown=self.unknown_budget)
-
-  def plan(self, state, round_state, round_idx) -> Plan:
-    return slots_from_counts(round_state, self.num_slots)
-
-  def observe(self, round_state, plan, rewards):
-    return round_state, jnp.asarray(True)
 
   def update(self, state, stats: PromptStats, pool: PoolView):
     ids = jnp.where(stats.num_samples > 0, stats.ids, state.p.shape[0])
@@ -217,7 +205,7 @@ class GVMBudget:
 
 
 @dataclasses.dataclass(frozen=True)
-class KnapsackBudget:
+class KnapsackBudget(_OneRound):
   """Knapsack RL: per-prompt budgets maximising sum Value(N_i, p_i), sum N_i = B n.
 
   Attributes: as `knapsack.KnapsackSettings` (n = nominal group size; total = B n).
@@ -242,18 +230,6 @@ class KnapsackBudget:
         n_low=self.n_low, n_up=self.n_up, n_pos=self.n_pos, n_neg=self.n_neg,
         confidence=self.confidence, window=self.window, min_known=self.min_known)
 
-  @property
-  def num_prompts(self) -> int:
-    return self.batch_prompts
-
-  @property
-  def num_slots(self) -> int:
-    return self.batch_prompts * self.group_size
-
-  @property
-  def max_rounds(self) -> int:
-    return 1
-
   def init(self, num_prompts: int) -> knapsack.KnapsackHistory:
     return knapsack.knapsack_history_init(num_prompts, self.window)
 
@@ -261,12 +237,6 @@ class KnapsackBudget:
     p_hat, known = knapsack.knapsack_estimate(state, ids, self.min_known)
     eligible = jnp.ones(ids.shape, bool)
     return knapsack.knapsack_allocate_with(self.settings(), p_hat, known, eligible)
-
-  def plan(self, state, round_state, round_idx) -> Plan:
-    return slots_from_counts(round_state, self.num_slots)
-
-  def observe(self, round_state, plan, rewards):
-    return round_state, jnp.asarray(True)
 
   def update(self, state, stats: PromptStats, pool: PoolView):
     ids = jnp.where(stats.num_samples > 0, stats.ids, state.total.shape[0])
