@@ -5,6 +5,8 @@
   python launch/train.py --config configs/quickstart.py:allocator=uniform --workdir DIR
   python launch/train.py --config configs/quickstart.py:task=countdown --workdir DIR
   python launch/train.py --config configs/quickstart.py --config.rl.lr=3e-4 --workdir DIR
+  python launch/train.py --config configs/quickstart.py --config.mesh.data=2 \
+      --config.mesh.fsdp=2 --config.mesh.tensor=2 --workdir DIR     # 8 devices: DP x FSDP x TP
 
 A short supervised warm start on generated solutions gives the random model a non-trivial pass
 rate (about 50%), then RL raises held-out (greedy) accuracy (to about 85% in 2000 steps, about
@@ -17,6 +19,7 @@ fail at launch.
 import ml_collections
 
 from adaptive_rl.allocation.registry import default_settings
+from adaptive_rl.parallel import DEFAULT_RULES
 
 
 def parse_arg(arg: str, **defaults):
@@ -75,6 +78,16 @@ def get_config(arg: str = ""):
   c.eval = ml_collections.ConfigDict(dict(every=250, batch_size=500, limit=0))
   c.checkpoint = ml_collections.ConfigDict(dict(every=500, keep=2, keep_every=0))
   c.log = ml_collections.ConfigDict(dict(tensorboard=True, progress=True, plots=True))
+
+  # Devices. The mesh axis sizes must multiply to the device count; one axis may be -1 (the
+  # devices the others leave), so the default, data=-1, is data parallelism over every device
+  # (1 CPU: a one-device mesh; 8 devices: data=8). fsdp shards weights, gradients and optimizer
+  # state; tensor splits heads / mlp / vocab; sequence splits activations along the length.
+  # num_devices: use the first N devices only (0 = all; single-process runs).
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, sequence=1, num_devices=0))
+  # Logical axis (named by the model code) -> mesh axis, tuple of axes, or None (replicated).
+  # A mesh axis that does not divide a dimension is dropped from it (that dimension replicated).
+  c.logical_axis_rules = DEFAULT_RULES
 
   if args.smoke:  # < 60 s end to end on a 2-core CPU
     c.task.train_size = 2000

@@ -138,6 +138,7 @@ def _tiny_config(allocator):
   c.log.progress = False
   c.log.plots = False
   c.log.tensorboard = False
+  c.mesh.num_devices = 1
   return c
 
 

@@ -24,6 +24,7 @@ _OVERRIDES = {
     "task.train_size": 400, "task.test_size": 40, "sft.steps": 30, "rl.steps": 4,
     "rl.batch_prompts": 4, "rl.group_size": 4, "eval.every": 2, "eval.batch_size": 40,
     "checkpoint.every": 2, "log.progress": False, "log.tensorboard": True,
+    "mesh.num_devices": 1,  # one device: the mesh cases are in test_sharded_training.py
 }
 
 

@@ -239,7 +239,8 @@ def apply(cfg: ModelConfig, params: Params, tokens_BT: jax.Array,
       raise ValueError("apply: positions are required with a cache (they continue the prefix)")
   dt = cfg.compute_dtype
   if input_embeds_BTD is None:
-    input_embeds_BTD = jnp.take(params["embed"], tokens_BT, axis=0)
+    # All-gather the fsdp-split embed dim first: XLA reshards a lookup's output only by copying.
+    input_embeds_BTD = jnp.take(constrain(params["embed"], ("vocab", None)), tokens_BT, axis=0)
   x = input_embeds_BTD.astype(dt)
   x = constrain(x, ("batch", "length", "embed"))
   inv_freq = rope_inv_freq(cfg)

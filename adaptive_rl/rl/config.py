@@ -3,6 +3,10 @@
 `parse_config(config)` turns the experiment's ConfigDict into frozen dataclasses; an unknown key
 fails here, at launch, naming the key and suggesting the nearest valid name, and every value is
 checked by its dataclass's `__post_init__`. Library code below the trainer sees only these types.
+
+`config.mesh` and `config.logical_axis_rules` are checked here for form (sizes, known logical
+axis names); that the mesh matches the device count and that every logical axis the model uses
+has a rule is checked by the trainer, which knows the devices and the model.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import dataclasses
 import difflib
 from typing import Any
 
+from adaptive_rl.parallel import DEFAULT_RULES, LOGICAL_AXES, MeshConfig, normalize_rules
 from adaptive_rl.rl.losses import LossConfig
 from adaptive_rl.rl.step import StepConfig
 from adaptive_rl.rl.train_state import OptimizerConfig
@@ -186,6 +191,50 @@ class LogConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class MeshSection:
+  """The device mesh: axis sizes (see `parallel.MeshConfig`) and how many devices it spans.
+
+  Attributes:
+    data, fsdp, tensor, sequence: mesh axis sizes; one may be -1 (the devices the others leave).
+    num_devices: use the first N devices (0 = all). Single process only: a multi-host mesh spans
+      every process's devices.
+  """
+
+  data: int = -1
+  fsdp: int = 1
+  tensor: int = 1
+  sequence: int = 1
+  num_devices: int = 0
+
+  def __post_init__(self):
+    if isinstance(self.num_devices, bool) or not isinstance(self.num_devices, int) or (
+        self.num_devices < 0):
+      raise ConfigError(f"mesh.num_devices must be an int >= 0 (0 = all devices), got "
+                        f"{self.num_devices!r}")
+    self.mesh_config()  # validates the axis sizes
+
+  def mesh_config(self) -> MeshConfig:
+    try:
+      return MeshConfig(data=self.data, fsdp=self.fsdp, tensor=self.tensor,
+                        sequence=self.sequence)
+    except ValueError as e:
+      raise ConfigError(f"config.mesh: {e}") from None
+
+
+def _parse_rules(rules) -> tuple:
+  """The logical-axis rules in canonical form; an unknown logical name fails, suggesting one."""
+  try:
+    rules = normalize_rules(rules)
+  except (TypeError, ValueError) as e:
+    raise ConfigError(f"config.logical_axis_rules: {e}") from None
+  for name, _ in rules:
+    if name not in LOGICAL_AXES:
+      raise ConfigError(f"config.logical_axis_rules names unknown logical axis {name!r}"
+                        f"{_suggest(name, LOGICAL_AXES)} (logical axes: {list(LOGICAL_AXES)})")
+  return rules
+
+
+@dataclasses.dataclass(frozen=True)
 class RunConfig:
   """Everything a run needs, typed."""
 
@@ -200,6 +249,8 @@ class RunConfig:
   eval: EvalConfig
   checkpoint: CheckpointConfig
   log: LogConfig
+  mesh: MeshSection
+  logical_axis_rules: tuple  # ((logical name, mesh axes), ...), see parallel.DEFAULT_RULES
   raw: dict[str, Any]  # the whole config as a plain dict, recorded in the workdir
 
 
@@ -223,7 +274,7 @@ def _section(cls, values: dict[str, Any], name: str):
 
 
 _TOP = ("seed", "task", "model", "sft", "rl", "allocator", "reward", "eval", "checkpoint", "log",
-        "force")
+        "mesh", "logical_axis_rules", "force")
 
 
 def parse_config(config) -> RunConfig:
@@ -259,4 +310,6 @@ def parse_config(config) -> RunConfig:
       eval=_section(EvalConfig, dict(raw.get("eval", {})), "eval"),
       checkpoint=_section(CheckpointConfig, dict(raw.get("checkpoint", {})), "checkpoint"),
       log=_section(LogConfig, dict(raw.get("log", {})), "log"),
+      mesh=_section(MeshSection, dict(raw.get("mesh", {})), "mesh"),
+      logical_axis_rules=_parse_rules(raw.get("logical_axis_rules", DEFAULT_RULES)),
       raw=raw)

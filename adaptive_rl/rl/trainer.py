@@ -7,6 +7,21 @@ Everything per step runs in three jitted functions (begin, round, train step); t
 loops over sampling rounds (syncing on one bool when the budget has several), fetches metrics
 one step behind, evaluates, checkpoints and writes outputs. Re-running on the same workdir
 resumes from the latest checkpoint.
+
+Sharding. `config.mesh` and `config.logical_axis_rules` give the device mesh and the rules that
+map the model's logical axes onto it; both are checked when the trainer is built. Params are
+created directly in their shardings (shapes from `jax.eval_shape`, then a jit with
+`out_shardings`), the train state follows them (`parallel.state_shardings`), every jitted
+function has explicit in / out shardings, and is called (hence traced) inside
+`axis_rules(mesh, rules)` so the model's `constrain` calls see the rules. The train split, the
+step's rollout pool and every batch are split over the batch axes (data x fsdp) where divisible;
+everything else (allocator state, RNG keys, metrics) is replicated.
+
+Multi-host (`jax.distributed` initialised before the trainer is built): every process holds the
+whole (small, built-in) dataset and runs the same loop; each global batch is built with
+`jax.make_array_from_callback`, so a process transfers only the rows its own devices hold (its
+shard). Only process 0 writes config.json, metrics, plots and summary.json; Orbax checkpoints are
+written by all processes together (the workdir must be on a filesystem they share).
 """
 
 from __future__ import annotations
@@ -24,16 +39,71 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding
+
 from adaptive_rl import models
 from adaptive_rl.allocation.registry import build_allocator
 from adaptive_rl.checkpoint import Checkpointer
 from adaptive_rl.metrics import MetricsWriter, read_metrics, write_json
+from adaptive_rl.parallel import (
+    KV_CACHE_AXES,
+    MemoryEstimateError,
+    axis_rules,
+    check_memory,
+    device_memory_bytes,
+    estimate_memory,
+    make_mesh,
+    named_sharding,
+    param_shardings,
+    replicated,
+    sharded_init,
+    state_shardings,
+    validate_rules,
+)
 from adaptive_rl.rl.config import ConfigError, RunConfig
 from adaptive_rl.rl.evaluation import evaluate, make_eval_fn
 from adaptive_rl.rl.step import empty_pool, make_round_fns, make_train_step, sft_loss
 from adaptive_rl.rl.train_state import OptimizerConfig, TrainState, new_counters
 from adaptive_rl.sampling import Greedy, SamplerConfig, check_prompt_fits, make_strategy
 from adaptive_rl.tasks.builtin import make_task
+
+
+# Logical axes the model code names on activations (`constrain` calls); with the params' and the
+# KV cache's axes, every one of these needs a rule.
+_ACTIVATION_AXES = ("batch", "length", "embed", "heads", "kv_heads", "head_dim", "mlp")
+_MIB = 1024 ** 2
+
+
+class _InRules:
+  """A jitted function that is always called inside `axis_rules(mesh, rules)`.
+
+  `jax.jit` does not key its cache on the rules context, so a function first traced outside it
+  would silently keep its unconstrained trace; entering the context on every call (cheap)
+  makes every trace see the rules, whoever calls. Other attributes (`_cache_size`, `lower`)
+  are the jitted function's.
+  """
+
+  def __init__(self, fn, mesh: Mesh, rules):
+    self._fn, self._mesh, self._rules = fn, mesh, rules
+
+  def __call__(self, *args, **kwargs):
+    with axis_rules(self._mesh, self._rules):
+      return self._fn(*args, **kwargs)
+
+  def __getattr__(self, name):
+    return getattr(self._fn, name)
+
+
+# Config sections that only say how the run is laid out on devices (a resume may change them).
+_LAYOUT_KEYS = ("mesh", "logical_axis_rules")
+
+
+def _fetch(tree):
+  """Host copies of (possibly batch-sharded, multi-host) arrays: the whole global value."""
+  if jax.process_count() > 1:
+    return multihost_utils.process_allgather(tree, tiled=True)
+  return jax.device_get(tree)
 
 
 class Preempted(RuntimeError):
@@ -64,6 +134,7 @@ class Trainer:
     self.workdir = os.path.abspath(workdir)
     self.is_main = jax.process_index() == 0
     rl = run.rl
+    self.mesh = self._make_mesh()
     try:
       self.task = make_task(run.task_name, **dict(run.task_settings))
     except (TypeError, ValueError) as e:
@@ -77,6 +148,13 @@ class Trainer:
     if self.tokenizer.vocab_size > self.model_cfg.vocab_size:
       raise ConfigError(f"tokenizer vocabulary {self.tokenizer.vocab_size} exceeds the model's "
                         f"vocab_size {self.model_cfg.vocab_size}")
+    try:
+      self.rules = validate_rules(
+          run.logical_axis_rules,
+          (models.param_axes(self.model_cfg), _ACTIVATION_AXES, tuple(KV_CACHE_AXES.values())),
+          self.mesh)
+    except ValueError as e:
+      raise ConfigError(f"config.logical_axis_rules: {e}") from None
     try:
       self.allocator = build_allocator(
           dict(run.allocator), batch_prompts=rl.batch_prompts, group_size=rl.group_size,
@@ -96,19 +174,38 @@ class Trainer:
           f"allocator {self.allocator.name!r} draws {candidates} candidate prompts per step "
           f"(rl.batch_prompts={rl.batch_prompts}), more than the train split's "
           f"{self.train_data.size}")
+    self.memory = self._check_memory(train_rows)
     self.tx = rl.optimizer().make()
     strategy = make_strategy(rl.temperature, rl.top_k, rl.top_p)
     eos = (self.tokenizer.eos_id,)
     pad = self.tokenizer.pad_id
     self.sampler_cfg = SamplerConfig(self.max_new, eos, pad, strategy)
     self.eval_sampler_cfg = SamplerConfig(self.max_new, eos, pad, Greedy())
-    self.data = {k: jnp.asarray(getattr(self.train_data, k))
-                 for k in ("prompts", "prompt_lengths", "targets")}
-    self._build_fns(pool_rows)
+    self._build_shardings(pool_rows)
+    self.data = self._put_batch({k: getattr(self.train_data, k)
+                                 for k in ("prompts", "prompt_lengths", "targets")})
+    self._build_fns()
     self._stop_signal: int | None = None
     self.state: TrainState | None = None  # the final state after `run()`
 
   # --- construction --------------------------------------------------------------------------
+
+  def _make_mesh(self) -> Mesh:
+    """The mesh of `config.mesh` over all devices (or the first `mesh.num_devices`)."""
+    m = self.run_cfg.mesh
+    devices = jax.devices()
+    if m.num_devices:
+      if m.num_devices > len(devices):
+        raise ConfigError(f"mesh.num_devices={m.num_devices} but there are only {len(devices)} "
+                          f"devices")
+      if jax.process_count() > 1 and m.num_devices != len(devices):
+        raise ConfigError(f"mesh.num_devices={m.num_devices}: a multi-host run's mesh spans all "
+                          f"{len(devices)} devices of its {jax.process_count()} processes; set 0")
+      devices = devices[:m.num_devices]
+    try:
+      return make_mesh(m.mesh_config(), devices)
+    except ValueError as e:
+      raise ConfigError(f"config.mesh: {e}") from None
 
   def _model_config(self) -> models.ModelConfig:
     m = self.run_cfg.model
@@ -122,29 +219,105 @@ class Trainer:
     except (TypeError, ValueError) as e:
       raise ConfigError(f"config.model: {e}") from None
 
+  def _check_memory(self, train_rows: int) -> dict[str, int]:
+    """The per-device memory estimate of an RL step; fails when it cannot fit the device."""
+    rl = self.run_cfg.rl
+    seq = self.train_data.prompts.shape[1] + self.max_new
+    est = estimate_memory(
+        self.model_cfg, batch=train_rows // rl.mini_batches, seq_len=seq,
+        completion_len=self.max_new, mesh=self.mesh, rules=self.rules,
+        logprob_chunk=rl.logprob_chunk, micro_batches=rl.micro_batches,
+        ref_params=self.step_cfg.needs_ref, sample_batch=self.allocator.budget.num_slots,
+        sample_len=seq)
+    try:  # device_memory_bytes() is None on CPU, where the check is skipped
+      check_memory(est, device_memory_bytes())
+    except MemoryEstimateError as e:
+      raise ConfigError(f"the run does not fit in device memory: {e}") from None
+    return est
+
+  def _build_shardings(self, pool_rows: int):
+    mesh = self.mesh
+    self.repl = replicated(mesh)
+    abstract_params = jax.eval_shape(functools.partial(models.init, self.model_cfg),
+                                     jax.random.PRNGKey(0))
+    self.param_sh = param_shardings(mesh, models.param_axes(self.model_cfg), self.rules,
+                                    abstract_params)
+    abstract = jax.eval_shape(self._make_state, abstract_params)
+    self.state_sh = state_shardings(abstract, abstract_params, self.param_sh, mesh)
+    self.abstract_state = jax.tree.map(
+        lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh), abstract,
+        self.state_sh)
+    p = self.train_data.prompts.shape[1]
+    self.pool_sh = jax.tree.map(lambda a: self._batch_sharding(a.shape),
+                                jax.eval_shape(lambda: empty_pool(pool_rows, p, self.max_new)))
+
+  def _batch_sharding(self, shape) -> NamedSharding:
+    """Leading dimension over the batch axes (data x fsdp), dropping axes that do not divide."""
+    axes = ("batch",) + (None,) * (len(shape) - 1) if len(shape) else ()
+    return named_sharding(self.mesh, axes, self.rules, tuple(shape))
+
+  def _put(self, x, sharding: NamedSharding) -> jax.Array:
+    """A global array from a value every process holds in full (numpy or a local array).
+
+    Each process transfers only the slices its own devices hold, so in a multi-host run this
+    is how a process "reads its shard" of a batch all processes can compute.
+    """
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+  def _put_batch(self, tree):
+    return jax.tree.map(lambda x: self._put(x, self._batch_sharding(np.shape(x))), tree)
+
+  def _jit(self, fn, **kwargs) -> _InRules:
+    return _InRules(jax.jit(fn, **kwargs), self.mesh, self.rules)
+
   def _init_params(self, key):
+    """Params created (random init) or placed (HF checkpoint) directly in their shardings."""
     m = self.run_cfg.model
     if m.hf_path:
-      return models.from_hf(m.hf_path, **dict(m.overrides))[1]
-    return models.init(self.model_cfg, key, init_std=m.init_std)
+      return jax.tree.map(self._put, self._load_hf_on_host(), self.param_sh)
+    init = functools.partial(models.init, self.model_cfg, init_std=m.init_std)
+    with axis_rules(self.mesh, self.rules):
+      return sharded_init(init, self.mesh, self.param_sh, self._put(key, self.repl))
 
-  def _build_fns(self, pool_rows: int):
+  def _load_hf_on_host(self):
+    """The checkpoint's params as host (CPU) arrays, so no accelerator holds them unsharded."""
+    m = self.run_cfg.model
+    try:
+      cpu = jax.local_devices(backend="cpu")[0]
+    except RuntimeError:  # no CPU backend enabled: load on the default device
+      return models.from_hf(m.hf_path, **dict(m.overrides))[1]
+    with jax.default_device(cpu):
+      return models.from_hf(m.hf_path, **dict(m.overrides))[1]
+
+  def _build_fns(self):
     host = self.run_cfg.reward.mode == "host"
+    repl, state_sh, pool_sh = self.repl, self.state_sh, self.pool_sh
+    data_sh = jax.tree.map(lambda x: x.sharding, self.data)
     sample_round, finish_round = make_round_fns(
         self.model_cfg, self.sampler_cfg, self.allocator, None if host else self.task.reward)
-    self._sample_round = jax.jit(sample_round, donate_argnums=(1,))
-    self._finish_round = jax.jit(finish_round, donate_argnums=(0,))
+    # (params, pool, round_state, budget_state, ids, data, round_idx, rng) -> (pool, plan)
+    self._sample_round = self._jit(
+        sample_round, in_shardings=(self.param_sh, pool_sh, repl, repl, repl, data_sh, repl, repl),
+        out_shardings=(pool_sh, repl), donate_argnums=(1,))
+    # (pool, round_state, plan, round_idx, host_rewards) -> (pool, round_state, done)
+    self._finish_round = self._jit(
+        finish_round, in_shardings=(pool_sh, repl, repl, repl, repl),
+        out_shardings=(pool_sh, repl, repl), donate_argnums=(0,))
     self._host_runner = None
     if host:
       from adaptive_rl.tasks.host_reward import HostRewardRunner  # pylint: disable=import-outside-toplevel
       r = self.run_cfg.reward
       self._host_runner = HostRewardRunner(resolve_reward_fn(r.fn, self.task),
                                            timeout_s=r.timeout_s, max_workers=r.workers)
-    self._train_step = jax.jit(
+    # (state, pool, ids, rounds_used, reward_failures) -> (state, metrics, samples per prompt)
+    self._train_step = self._jit(
         make_train_step(self.model_cfg, self.step_cfg, self.allocator, self.tx),
+        in_shardings=(state_sh, pool_sh, repl, repl, repl), out_shardings=(state_sh, repl, repl),
         donate_argnums=(0,))
     p = self.train_data.prompts.shape[1]
     allocator = self.allocator
+    pool_rows = allocator.pool_rows
 
     def begin(state: TrainState):
       rng, k_sel, k_round = jax.random.split(state.rng, 3)
@@ -153,16 +326,30 @@ class Trainer:
       pool = empty_pool(pool_rows, p, self.max_new)
       return state.replace(alloc=alloc, rng=rng), ids, round_state, pool, k_round
 
-    self._begin = jax.jit(begin, donate_argnums=(0,))
-    self._eval_fn = make_eval_fn(self.model_cfg, self.eval_sampler_cfg, self.task.reward)
+    self._begin = self._jit(begin, in_shardings=(state_sh,),
+                            out_shardings=(state_sh, repl, repl, pool_sh, repl),
+                            donate_argnums=(0,))
+    self._make_state_fn = self._jit(self._make_state, in_shardings=(self.param_sh,),
+                                    out_shardings=state_sh)
+    # Held-out batches are placed by `_eval_fn`; results come back replicated (host-readable on
+    # every process).
+    eval_jit = self._jit(make_eval_fn(self.model_cfg, self.eval_sampler_cfg, self.task.reward),
+                         out_shardings=repl)
+
+    def eval_fn(params, prompts, prompt_lengths, targets, rng):
+      return eval_jit(params, *self._put_batch((prompts, prompt_lengths, targets)),
+                      self._put(rng, repl))
+
+    self._eval_fn = eval_fn
 
   # --- state ---------------------------------------------------------------------------------
 
-  def init_state(self, params) -> TrainState:
+  def _make_state(self, params) -> TrainState:
     key = jax.random.PRNGKey(self.run_cfg.seed)
     k_alloc, k_run = jax.random.split(jax.random.fold_in(key, 1))
     # Leaves must be distinct buffers: the step donates the state, and donating one buffer
     # twice (params shared with ref_params, or an init that reuses one array) is an error.
+    # (Under jit an output that is an unchanged input is returned as that very buffer.)
     copy = lambda tree: jax.tree.map(lambda x: jnp.array(x, copy=True), tree)
     ref = copy(params) if self.step_cfg.needs_ref else None
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
@@ -170,8 +357,13 @@ class Trainer:
                       alloc=copy(self.allocator.init(self.train_data.size, k_alloc)), rng=k_run,
                       counters=copy(new_counters()))
 
+  def init_state(self, params) -> TrainState:
+    """The initial train state around `params`, created in the state's shardings."""
+    return self._make_state_fn(params)
+
   def restore_state(self, step: int | None = None) -> TrainState:
-    """The train state of checkpoint `step` (default: latest) of this trainer's workdir."""
+    """The train state of checkpoint `step` (default: latest) of this trainer's workdir, placed
+    in this trainer's shardings (which may differ from those it was saved with)."""
     ckpt = Checkpointer(self.workdir)
     try:
       return ckpt.restore(step, self._abstract_state())[0]
@@ -179,8 +371,8 @@ class Trainer:
       ckpt.close()
 
   def _abstract_state(self) -> TrainState:
-    params = jax.eval_shape(self._init_params, jax.random.PRNGKey(0))
-    return jax.eval_shape(self.init_state, params)
+    """Shapes, dtypes and shardings of the train state (what a restore fills in)."""
+    return self.abstract_state
 
   # --- SFT -----------------------------------------------------------------------------------
 
@@ -193,23 +385,29 @@ class Trainer:
     if not rows.size:
       raise ConfigError(f"sft.steps={cfg.steps} but task {self.task.name!r} has no demonstrations")
     demo_len = (d.demos != self.tokenizer.pad_id).sum(1).astype(np.int32)
+    data = self._put_batch({"prompts": d.prompts, "prompt_lengths": d.prompt_lengths,
+                            "demos": d.demos, "demo_len": demo_len})
     tx = OptimizerConfig(lr=cfg.lr, warmup_steps=cfg.warmup_steps, total_steps=cfg.steps,
                          decay="cosine", min_lr_ratio=0.1, weight_decay=cfg.weight_decay).make()
-    opt = tx.init(params)
+    opt_sh = state_shardings(jax.eval_shape(tx.init, params), params, self.param_sh, self.mesh)
+    opt = self._jit(tx.init, in_shardings=(self.param_sh,), out_shardings=opt_sh)(params)
     mc = self.model_cfg
 
-    @jax.jit
-    def step(params, opt, idx):
+    def step(params, opt, data, idx):
       loss, grads = jax.value_and_grad(sft_loss, argnums=1)(
-          mc, params, jnp.asarray(d.prompts)[idx], jnp.asarray(d.prompt_lengths)[idx],
-          jnp.asarray(d.demos)[idx], jnp.asarray(demo_len)[idx], jnp.ones(idx.shape))
+          mc, params, data["prompts"][idx], data["prompt_lengths"][idx], data["demos"][idx],
+          data["demo_len"][idx], jnp.ones(idx.shape))
       updates, opt = tx.update(grads, opt, params)
       return optax.apply_updates(params, updates), opt, loss
 
+    idx_sh = self._batch_sharding((cfg.batch_size,))
+    step = self._jit(step, in_shardings=(self.param_sh, opt_sh, jax.tree.map(
+        lambda x: x.sharding, data), idx_sh), out_shardings=(self.param_sh, opt_sh, self.repl),
+                     donate_argnums=(0, 1))
     rng = np.random.default_rng(int(jax.random.randint(key, (), 0, 2**31 - 1)))
     for _ in range(cfg.steps):
-      idx = jnp.asarray(rng.choice(rows, size=cfg.batch_size, replace=rows.size < cfg.batch_size))
-      params, opt, loss = step(params, opt, idx)
+      idx = rng.choice(rows, size=cfg.batch_size, replace=rows.size < cfg.batch_size)
+      params, opt, loss = step(params, opt, data, self._put(idx.astype(np.int32), idx_sh))
     self.sft_final_loss = float(loss)
     return params
 
@@ -243,19 +441,47 @@ class Trainer:
     path = os.path.join(self.workdir, "config.json")
     raw = json.loads(json.dumps(self.run_cfg.raw, default=str))
     force = bool(raw.pop("force", False))
+    old = None
     if os.path.exists(path):
       with open(path) as f:
         old = json.load(f)
       old.pop("force", None)
-      if old != raw and not force:
-        changed = sorted(k for k in set(old) | set(raw) if old.get(k) != raw.get(k))
+      # A run may resume on another mesh (e.g. a larger slice): the layout is not the math.
+      same = lambda a, b: ({k: v for k, v in a.items() if k not in _LAYOUT_KEYS}
+                           == {k: v for k, v in b.items() if k not in _LAYOUT_KEYS})
+      if not same(old, raw) and not force:
+        changed = sorted(k for k in set(old) | set(raw)
+                         if old.get(k) != raw.get(k) and k not in _LAYOUT_KEYS)
         raise ConfigError(
             f"workdir {self.workdir} holds a run with a different config (sections differing: "
             f"{changed}); use a new workdir, or --config.force=True to resume it anyway")
-      if old != raw and self.is_main:
-        write_json(path, raw)
-    elif self.is_main:
+    if jax.process_count() > 1:  # every process reads config.json before process 0 rewrites it
+      multihost_utils.sync_global_devices("adaptive_rl:check_workdir")
+    if old != raw and self.is_main:
       write_json(path, raw)
+
+  def _log(self, message: str):
+    if self.is_main:
+      print(message, flush=True)
+
+  def _stop_requested(self) -> bool:
+    """Whether any process got SIGTERM / SIGINT; all processes must agree to stop together."""
+    stop = self._stop_signal is not None
+    if jax.process_count() > 1:
+      flags = multihost_utils.process_allgather(np.int32(self._stop_signal or 0))
+      signals = [int(f) for f in np.ravel(flags) if f]
+      if signals and self._stop_signal is None:
+        self._stop_signal = signals[0]
+      stop = bool(signals)
+    return stop
+
+  def _describe_memory(self) -> str:
+    m, mesh = self.memory, dict(self.mesh.shape)
+    return (f"Mesh {mesh} over {self.mesh.size} device(s), {jax.process_count()} process(es); "
+            f"estimated memory per device: peak {m['peak'] / _MIB:.1f} MiB (train "
+            f"{m['train_total'] / _MIB:.1f}, sample {m['sample_total'] / _MIB:.1f}; params "
+            f"{m['params'] / _MIB:.1f}, optimizer {m['optimizer'] / _MIB:.1f}, activations "
+            f"{m['activations'] / _MIB:.1f}, kv cache {m['kv_cache'] / _MIB:.1f})")
 
   def run(self) -> dict[str, Any]:
     """Trains (or resumes) to the configured number of steps; returns the summary."""
@@ -263,6 +489,7 @@ class Trainer:
     self._check_workdir()
     ckpt = Checkpointer(self.workdir, keep=run.checkpoint.keep,
                         keep_every=run.checkpoint.keep_every or None)
+    self._log(self._describe_memory())
     t0 = time.time()
     latest = ckpt.latest_step()
     if latest is not None:
@@ -270,14 +497,14 @@ class Trainer:
       elapsed0 = float(meta["wall_time_s"])
       sft_acc = float(meta["sft_accuracy"])
       sft_time = float(meta["sft_time_s"])
-      print(f"Resuming from checkpoint step {latest} in {self.workdir}")
+      self._log(f"Resuming from checkpoint step {latest} in {self.workdir}")
     else:
       key = jax.random.PRNGKey(run.seed)
       params = self._init_params(jax.random.fold_in(key, 0))
       params = self.sft(params, jax.random.fold_in(key, 2))
       sft_time = time.time() - t0
       sft_acc = self.eval_accuracy(params)["accuracy"]
-      print(f"SFT warm start: held-out accuracy {sft_acc:.3f} ({sft_time:.1f} s)")
+      self._log(f"SFT warm start: held-out accuracy {sft_acc:.3f} ({sft_time:.1f} s)")
       state = self.init_state(params)
       elapsed0 = 0.0
       ckpt.save(0, state, self._meta(0, sft_acc, sft_time, time.time() - t0))
@@ -302,18 +529,18 @@ class Trainer:
         for r in range(budget.max_rounds):
           pool, plan = self._sample_round(
               state.params, pool, round_state, state.alloc["budget"], ids, self.data,
-              jnp.int32(r), jax.random.fold_in(k_round, r))
+              np.int32(r), jax.random.fold_in(k_round, r))
           host_rewards = None
           if self._host_runner is not None:
             host_rewards, failed = self._host_rewards(pool, ids, plan, r)
             failures += failed
-          pool, round_state, done = self._finish_round(pool, round_state, plan, jnp.int32(r),
+          pool, round_state, done = self._finish_round(pool, round_state, plan, np.int32(r),
                                                        host_rewards)
           rounds += 1
           if budget.max_rounds > 1 and r + 1 < budget.max_rounds and bool(done):
             break
-        state, metrics, counts = self._train_step(state, pool, ids, jnp.int32(rounds),
-                                                  jnp.int32(failures))
+        state, metrics, counts = self._train_step(state, pool, ids, np.int32(rounds),
+                                                  np.int32(failures))
         if pending is not None:  # fetch the previous step's metrics one step behind
           samples_hist = self._emit(writer, progress, *pending, samples_hist)
         now = time.time()
@@ -330,7 +557,7 @@ class Trainer:
               f"{int(state.counters['consecutive_nan_skips'])} consecutive updates had a "
               f"non-finite loss or gradient (step {done_steps}); stopping with the last good "
               f"state checkpointed")
-        if self._stop_signal is not None:
+        if self._stop_requested():
           break
         if run.checkpoint.every and done_steps % run.checkpoint.every == 0:
           ckpt.save(done_steps, state, self._meta(done_steps, sft_acc, sft_time,
@@ -362,7 +589,9 @@ class Trainer:
     final = self.eval_accuracy(state.params, final_step)
     ckpt.save(final_step, state, self._meta(final_step, sft_acc, sft_time, wall))
     ckpt.close()
-    records = read_metrics(self.workdir)
+    # Only process 0 writes metrics.jsonl; the others' summaries (returned, not written) lack
+    # the figures read from it.
+    records = read_metrics(self.workdir) if self.is_main else []
     summary = {
         "sft_accuracy": sft_acc, "final_accuracy": final["accuracy"],
         "final_eval": final, "steps": final_step,
@@ -383,33 +612,40 @@ class Trainer:
         records.insert(0, {"step": 0, "rollouts": 0, "eval_accuracy": sft_acc})
         plot_run(records, os.path.join(self.workdir, "plots"), samples_hist)
     writer.close()
-    print(f"Held-out accuracy: SFT {sft_acc:.3f} -> RL {final['accuracy']:.3f} after "
-          f"{summary['rollouts']} rollouts, {wall:.0f} s")
+    self._log(f"Held-out accuracy: SFT {sft_acc:.3f} -> RL {final['accuracy']:.3f} after "
+              f"{summary['rollouts']} rollouts, {wall:.0f} s")
     return summary
 
   def _host_rewards(self, pool, ids, plan, round_idx: int):
-    """Decodes one round's completions and scores them with the host reward function."""
+    """Decodes one round's completions and scores them with the host reward function.
+
+    Multi-host: process 0 scores and broadcasts, so every process feeds the step the same
+    rewards (timeouts are not deterministic, so scoring everywhere could disagree).
+    """
     s = self.allocator.budget.num_slots
     sl = slice(round_idx * s, (round_idx + 1) * s)
-    tokens, lengths, slot_prompt, slot_valid, ids = jax.device_get(
+    tokens, lengths, slot_prompt, slot_valid, ids = _fetch(
         (pool.completions[sl], pool.lengths[sl], plan.slot_prompt, plan.slot_valid, ids))
-    rows = ids[slot_prompt]
-    texts, answers, where = [], [], []
-    for i in range(s):
-      if not slot_valid[i]:
-        continue
-      text = self.task.decode_completion(tokens[i], lengths[i])
-      if text is None:  # no eos: nothing to score
-        continue
-      texts.append(text)
-      answers.append(self.train_data.answers[rows[i]])
-      where.append(i)
-    rewards = np.zeros(s, np.float32)
-    if texts:
-      result = self._host_runner(texts, answers)
-      rewards[where] = result.rewards
-      return jnp.asarray(rewards), result.errors + result.timeouts
-    return jnp.asarray(rewards), 0
+    rewards, failed = np.zeros(s, np.float32), np.int32(0)
+    if self.is_main:
+      rows = ids[slot_prompt]
+      texts, answers, where = [], [], []
+      for i in range(s):
+        if not slot_valid[i]:
+          continue
+        text = self.task.decode_completion(tokens[i], lengths[i])
+        if text is None:  # no eos: nothing to score
+          continue
+        texts.append(text)
+        answers.append(self.train_data.answers[rows[i]])
+        where.append(i)
+      if texts:
+        result = self._host_runner(texts, answers)
+        rewards[where] = result.rewards
+        failed = np.int32(result.errors + result.timeouts)
+    if jax.process_count() > 1:
+      rewards, failed = multihost_utils.broadcast_one_to_all((rewards, failed))
+    return np.asarray(rewards), int(failed)
 
   def close(self):
     if self._host_runner is not None:
