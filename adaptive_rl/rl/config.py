@@ -277,18 +277,33 @@ _TOP = ("seed", "task", "model", "sft", "rl", "allocator", "reward", "eval", "ch
         "mesh", "logical_axis_rules", "force")
 
 
+def _mapping(raw: dict[str, Any], name: str, default: Any = None) -> dict[str, Any]:
+  """config.<name> as a dict with string keys, or a ConfigError saying what it is instead."""
+  value = raw.get(name, {} if default is None else default)
+  if not isinstance(value, dict):
+    raise ConfigError(f"config.{name} must be a section (a dict of settings), got "
+                      f"{type(value).__name__} {value!r:.60}")
+  for key in value:
+    if not isinstance(key, str):
+      raise ConfigError(f"config.{name} has a non-string key {key!r}")
+  return dict(value)
+
+
 def parse_config(config) -> RunConfig:
   """ConfigDict (or nested dict) -> RunConfig; raises ConfigError naming any bad key."""
   raw = config.to_dict() if hasattr(config, "to_dict") else dict(config)
   for key in raw:
-    if key not in _TOP:
-      raise ConfigError(f"unknown config key {key!r}{_suggest(key, _TOP)} (valid top-level "
-                        f"keys: {list(_TOP)})")
-  task = dict(raw.get("task", {}))
+    if not isinstance(key, str) or key not in _TOP:
+      hint = _suggest(key, _TOP) if isinstance(key, str) else ""
+      raise ConfigError(f"unknown config key {key!r}{hint} (valid top-level keys: {list(_TOP)})")
+  seed = raw.get("seed", 0)
+  if isinstance(seed, bool) or not isinstance(seed, int):
+    raise ConfigError(f"config.seed must be an int, got {seed!r:.60}")
+  task = _mapping(raw, "task")
   if "name" not in task:
     raise ConfigError("config.task.name is required (e.g. 'arithmetic')")
   task_name = task.pop("name")
-  model = dict(raw.get("model", {}))
+  model = _mapping(raw, "model")
   model_fields = {f.name for f in dataclasses.fields(ModelSection)} - {"overrides"}
   overrides = tuple(sorted((k, v) for k, v in model.items() if k not in model_fields))
   model = {k: v for k, v in model.items() if k in model_fields}
@@ -299,17 +314,17 @@ def parse_config(config) -> RunConfig:
       raise ConfigError(f"unknown config key model.{key}"
                         f"{_suggest(key, arch_fields | model_fields)}")
   return RunConfig(
-      seed=int(raw.get("seed", 0)),
+      seed=seed,
       task_name=task_name,
       task_settings=tuple(sorted(task.items())),
       model=_section(ModelSection, {**model, "overrides": overrides}, "model"),
-      sft=_section(SFTConfig, dict(raw.get("sft", {})), "sft"),
-      rl=_section(RLConfig, dict(raw.get("rl", {})), "rl"),
-      allocator=tuple(sorted(dict(raw.get("allocator", {"name": "uniform"})).items())),
-      reward=_section(RewardConfig, dict(raw.get("reward", {})), "reward"),
-      eval=_section(EvalConfig, dict(raw.get("eval", {})), "eval"),
-      checkpoint=_section(CheckpointConfig, dict(raw.get("checkpoint", {})), "checkpoint"),
-      log=_section(LogConfig, dict(raw.get("log", {})), "log"),
-      mesh=_section(MeshSection, dict(raw.get("mesh", {})), "mesh"),
+      sft=_section(SFTConfig, _mapping(raw, "sft"), "sft"),
+      rl=_section(RLConfig, _mapping(raw, "rl"), "rl"),
+      allocator=tuple(sorted(_mapping(raw, "allocator", {"name": "uniform"}).items())),
+      reward=_section(RewardConfig, _mapping(raw, "reward"), "reward"),
+      eval=_section(EvalConfig, _mapping(raw, "eval"), "eval"),
+      checkpoint=_section(CheckpointConfig, _mapping(raw, "checkpoint"), "checkpoint"),
+      log=_section(LogConfig, _mapping(raw, "log"), "log"),
+      mesh=_section(MeshSection, _mapping(raw, "mesh"), "mesh"),
       logical_axis_rules=_parse_rules(raw.get("logical_axis_rules", DEFAULT_RULES)),
       raw=raw)
