@@ -42,9 +42,13 @@ def main(argv):
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
   data = trainer.test_data if _SPLIT.value == "test" else trainer.train_data
-  out = evaluate_k(trainer.model_cfg, state.params, trainer.task, data, k=_K.value,
-                   temperature=_TEMPERATURE.value, max_new_tokens=trainer.max_new,
-                   batch_size=_BATCH.value, limit=_LIMIT.value)
+  host = trainer.host_score(data) if trainer.host_rewards else None
+  try:
+    out = evaluate_k(trainer.model_cfg, state.params, trainer.task, data, k=_K.value,
+                     temperature=_TEMPERATURE.value, max_new_tokens=trainer.max_new,
+                     batch_size=_BATCH.value, limit=_LIMIT.value, host_score=host)
+  finally:
+    trainer.close()
   out.update(step=int(state.step), split=_SPLIT.value)
   path = os.path.join(trainer.workdir, f"eval_step{int(state.step)}_k{_K.value}.json")
   write_json(path, out)

@@ -14,28 +14,43 @@ from adaptive_rl.sampling import SamplerConfig, sample
 
 
 def make_eval_fn(model_cfg: ModelConfig, sampler_cfg: SamplerConfig,
-                 reward_fn: Callable[..., jax.Array]) -> Callable:
-  """eval_fn(params, prompts, prompt_lengths, targets, rng) -> (rewards [B], tokens, lengths)."""
+                 reward_fn: Callable[..., jax.Array] | None) -> Callable:
+  """eval_fn(params, prompts, prompt_lengths, targets, rng) -> (rewards [B], tokens, lengths).
+
+  With `reward_fn` None (rewards scored on the host) the rewards returned are zeros.
+  """
 
   @jax.jit
   def eval_fn(params, prompts, prompt_lengths, targets, rng):
     out = sample(model_cfg, sampler_cfg, params, prompts, prompt_lengths, rng)
+    if reward_fn is None:
+      return jnp.zeros(out.lengths.shape, jnp.float32), out.tokens, out.lengths
     return reward_fn(out.tokens, out.lengths, targets), out.tokens, out.lengths
 
   return eval_fn
 
 
+HostScore = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+
+
 def evaluate(eval_fn: Callable, params: Any, data, batch_size: int, rng: jax.Array,
-             limit: int = 0) -> dict[str, Any]:
-  """Mean reward over the split (padded to whole batches so eval_fn compiles once)."""
+             limit: int = 0, host_score: HostScore | None = None) -> dict[str, Any]:
+  """Mean reward over the split (padded to whole batches so eval_fn compiles once).
+
+  `host_score(tokens, lengths, rows)` scores completions on the host (text tasks); otherwise
+  eval_fn's in-graph rewards are used.
+  """
   n = data.size if not limit else min(limit, data.size)
   rewards = []
   for start in range(0, n, batch_size):
     idx = np.arange(start, start + batch_size) % data.size
-    r, _, _ = eval_fn(params, jnp.asarray(data.prompts[idx]),
-                      jnp.asarray(data.prompt_lengths[idx]), jnp.asarray(data.targets[idx]),
-                      jax.random.fold_in(rng, start))
-    rewards.append(np.asarray(r)[:min(batch_size, n - start)])
+    r, toks, lens = eval_fn(params, jnp.asarray(data.prompts[idx]),
+                            jnp.asarray(data.prompt_lengths[idx]),
+                            jnp.asarray(data.targets[idx]), jax.random.fold_in(rng, start))
+    keep = min(batch_size, n - start)
+    if host_score is not None:
+      r = host_score(np.asarray(toks)[:keep], np.asarray(lens)[:keep], idx[:keep])
+    rewards.append(np.asarray(r)[:keep])
   rewards = np.concatenate(rewards)
   out = {"accuracy": float(np.mean(rewards > 0.5)), "reward": float(np.mean(rewards)),
          "num_prompts": int(n)}
@@ -47,13 +62,13 @@ def evaluate(eval_fn: Callable, params: Any, data, batch_size: int, rng: jax.Arr
 
 def evaluate_k(model_cfg: ModelConfig, params: Any, task, data, *, k: int, temperature: float,
                max_new_tokens: int, batch_size: int, seed: int = 0,
-               limit: int = 0) -> dict[str, Any]:
+               limit: int = 0, host_score: HostScore | None = None) -> dict[str, Any]:
   """k samples per held-out prompt: pass@k (unbiased, for every power of two <= k), maj@k and
   avg@k, plus per-difficulty pass@1.
 
   Args:
     model_cfg, params: the policy.
-    task: a built-in task (in-graph `reward`, `decode_completion`).
+    task: a task (`decode_completion`; in-graph `reward` unless host_score is given).
     data: the split (`TaskData`).
     k: samples per prompt.
     temperature: sampling temperature (> 0).
@@ -61,13 +76,14 @@ def evaluate_k(model_cfg: ModelConfig, params: Any, task, data, *, k: int, tempe
     batch_size: prompts per sampling call (each call samples batch_size * k rows).
     seed: sampling seed.
     limit: evaluate at most this many prompts (0 = all).
+    host_score: score completions on the host: (tokens, lengths, rows) -> rewards.
   """
   from adaptive_rl.rl.passk import avg_at_k, maj_at_k, pass_at_k  # pylint: disable=import-outside-toplevel
   from adaptive_rl.sampling import Sample  # pylint: disable=import-outside-toplevel
 
   tok = task.tokenizer
   scfg = SamplerConfig(max_new_tokens, (tok.eos_id,), tok.pad_id, Sample(temperature=temperature))
-  fn = make_eval_fn(model_cfg, scfg, task.reward)
+  fn = make_eval_fn(model_cfg, scfg, None if host_score is not None else task.reward)
   n = data.size if not limit else min(limit, data.size)
   correct = np.zeros((n, k), bool)
   answers: list[list[str | None]] = [[] for _ in range(n)]
@@ -78,7 +94,10 @@ def evaluate_k(model_cfg: ModelConfig, params: Any, task, data, *, k: int, tempe
     r, toks, lens = fn(params, jnp.asarray(data.prompts[rows]),
                        jnp.asarray(data.prompt_lengths[rows]), jnp.asarray(data.targets[rows]),
                        jax.random.fold_in(rng, start))
-    r, toks, lens = np.asarray(r).reshape(-1, k), np.asarray(toks), np.asarray(lens)
+    toks, lens = np.asarray(toks), np.asarray(lens)
+    if host_score is not None:
+      r = host_score(toks, lens, rows)
+    r = np.asarray(r).reshape(-1, k)
     for j in range(min(batch_size, n - start)):
       correct[start + j] = r[j] > 0.5
       answers[start + j] = [task.decode_completion(toks[j * k + s], lens[j * k + s])

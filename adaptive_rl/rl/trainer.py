@@ -290,8 +290,14 @@ class Trainer:
     with jax.default_device(cpu):
       return models.from_hf(m.hf_path, **dict(m.overrides))[1]
 
+  @property
+  def host_rewards(self) -> bool:
+    """Rewards scored on the host: asked for, or the task has no in-graph reward."""
+    return (self.run_cfg.reward.mode == "host"
+            or not getattr(self.task, "has_graph_reward", True))
+
   def _build_fns(self):
-    host = self.run_cfg.reward.mode == "host"
+    host = self.host_rewards
     repl, state_sh, pool_sh = self.repl, self.state_sh, self.pool_sh
     data_sh = jax.tree.map(lambda x: x.sharding, self.data)
     sample_round, finish_round = make_round_fns(
@@ -333,8 +339,8 @@ class Trainer:
                                     out_shardings=state_sh)
     # Held-out batches are placed by `_eval_fn`; results come back replicated (host-readable on
     # every process).
-    eval_jit = self._jit(make_eval_fn(self.model_cfg, self.eval_sampler_cfg, self.task.reward),
-                         out_shardings=repl)
+    eval_jit = self._jit(make_eval_fn(self.model_cfg, self.eval_sampler_cfg,
+                                      None if host else self.task.reward), out_shardings=repl)
 
     def eval_fn(params, prompts, prompt_lengths, targets, rng):
       return eval_jit(params, *self._put_batch((prompts, prompt_lengths, targets)),
@@ -413,8 +419,31 @@ class Trainer:
 
   def eval_accuracy(self, params, tag: int = 0) -> dict[str, Any]:
     e = self.run_cfg.eval
+    host = self.host_score(self.test_data) if self._host_runner is not None else None
     return evaluate(self._eval_fn, params, self.test_data, e.batch_size,
-                    jax.random.PRNGKey(tag), limit=e.limit)
+                    jax.random.PRNGKey(tag), limit=e.limit, host_score=host)
+
+  def host_score(self, data):
+    """(tokens, lengths, rows) -> rewards of `data`'s rows, scored by the host reward runner
+    (process 0 scores, every process gets the result)."""
+
+    def score(tokens, lengths, rows):
+      rewards = np.zeros(len(rows), np.float32)
+      if self.is_main:
+        texts, answers, where = [], [], []
+        for i, row in enumerate(rows):
+          text = self.task.decode_completion(tokens[i], lengths[i])
+          if text is not None:
+            texts.append(text)
+            answers.append(data.answers[int(row)])
+            where.append(i)
+        if texts:
+          rewards[where] = self._host_runner(texts, answers).rewards
+      if jax.process_count() > 1:
+        rewards = multihost_utils.broadcast_one_to_all(rewards)
+      return np.asarray(rewards)
+
+    return score
 
   # --- signals -------------------------------------------------------------------------------
 

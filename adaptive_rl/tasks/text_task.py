@@ -122,7 +122,9 @@ class TextTask:
     ids = [int(t) for t in list(tokens)[:max(int(length), 0)]]
     if tok.eos_id in ids:
       ids = ids[:ids.index(tok.eos_id)]
-    return tok.decode(ids)
+    # Checkpoints pad their embedding past the tokenizer's vocabulary (Qwen2.5: 151,936 rows for
+    # 151,665 tokens); a sampled id from that padding has no text and is dropped.
+    return tok.decode([i for i in ids if 0 <= i < tok.vocab_size])
 
   @functools.cache
   def split(self, split: str) -> TaskData:
