@@ -198,3 +198,24 @@ def test_evaluate_cli_writes_json(finished):
   assert out.returncode == 0, out.stderr
   result = json.load(open(os.path.join(workdir, "eval_step4_k2.json")))
   assert result["step"] == 4 and result["num_prompts"] == 8 and "pass@2" in result
+
+
+def test_nan_loss_is_skipped_counted_and_the_run_goes_on(tmp_path):
+  c = _config(inject_nan_step=2, steps=3)
+  summary = Trainer(parse_config(c), str(tmp_path)).run()
+  lines = [json.loads(l) for l in open(os.path.join(tmp_path, "metrics.jsonl"))]
+  assert summary["steps"] == 3
+  # Both mini-batch updates of step 2 were skipped, none of the others.
+  assert [r["skipped_updates"] for r in lines] == [0, 2, 0]
+  assert lines[-1]["nan_skips"] == 2 and summary["nan_skips"] == 2
+
+
+def test_too_many_consecutive_nans_stop_with_a_checkpoint(tmp_path):
+  from adaptive_rl.rl.trainer import NumericalFailure
+  c = _config(inject_nan_step=2, steps=3, max_consecutive_nan=2)
+  with pytest.raises(NumericalFailure, match="consecutive"):
+    Trainer(parse_config(c), str(tmp_path)).run()
+  from adaptive_rl.checkpoint import Checkpointer
+  ck = Checkpointer(str(tmp_path))
+  assert ck.latest_step() == 2
+  ck.close()

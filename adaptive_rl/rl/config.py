@@ -87,6 +87,7 @@ class RLConfig:
   tau: float = 0.5
   overlong_buffer: int = 0
   mask_truncated: bool = False
+  inject_nan_step: int = 0  # testing hook: make this step's loss NaN (0 = off)
   max_consecutive_nan: int = 5
 
   def __post_init__(self):
@@ -121,7 +122,8 @@ class RLConfig:
         loss=loss, ppo_epochs=self.ppo_epochs, mini_batches=self.mini_batches,
         micro_batches=self.micro_batches, recompute_old_logp=self.recompute_old_logp,
         logprob_chunk=self.logprob_chunk, compute_entropy=True, tau=self.tau,
-        overlong_buffer=self.overlong_buffer, mask_truncated=self.mask_truncated)
+        overlong_buffer=self.overlong_buffer, mask_truncated=self.mask_truncated,
+        inject_nan_step=self.inject_nan_step)
 
   def optimizer(self) -> OptimizerConfig:
     return OptimizerConfig(lr=self.lr, warmup_steps=self.warmup_steps, decay=self.decay,

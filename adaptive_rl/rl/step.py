@@ -70,6 +70,8 @@ class StepConfig:
     tau: binarisation threshold of rewards (counts, all-correct / all-wrong).
     overlong_buffer: DAPO soft overlong penalty buffer length in tokens (0 = off).
     mask_truncated: completions that hit max_new_tokens without eos don't enter the loss.
+    inject_nan_step: a fault-injection hook for testing the NaN guard: the loss of this RL step
+      (1-based) is made NaN (0 = off).
   """
 
   loss: LossConfig = LossConfig()
@@ -82,6 +84,7 @@ class StepConfig:
   tau: float = 0.5
   overlong_buffer: int = 0
   mask_truncated: bool = False
+  inject_nan_step: int = 0
 
   def __post_init__(self):
     for name in ("ppo_epochs", "mini_batches", "micro_batches"):
@@ -176,6 +179,8 @@ def make_train_step(model_cfg: ModelConfig, cfg: StepConfig, allocator: Allocato
     lp, ent = logprobs(params, b, cfg.compute_entropy)
     loss, m = policy_loss(loss_cfg, lp, b["old_logp"], b.get("ref_logp"), b["advantages"],
                           b["mask"], ent)
+    if cfg.inject_nan_step:
+      loss = loss * jnp.where(b["poison"][0], jnp.nan, 1.0)
     return loss, m
 
   def minibatch_update(carry, mb):
@@ -237,6 +242,8 @@ def make_train_step(model_cfg: ModelConfig, cfg: StepConfig, allocator: Allocato
       perm = jax.random.permutation(key, t)
       return jax.tree.map(lambda x: x[perm].reshape(mbs, t // mbs, *x.shape[1:]), b)
 
+    if cfg.inject_nan_step:
+      b["poison"] = jnp.broadcast_to(state.step + 1 == cfg.inject_nan_step, (t,))
     keys = jax.random.split(perm_key, cfg.ppo_epochs)
     batches = jax.vmap(epoch_batches)(keys)
     batches = jax.tree.map(lambda x: x.reshape(cfg.ppo_epochs * mbs, *x.shape[2:]), batches)
