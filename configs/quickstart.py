@@ -19,26 +19,8 @@ fail at launch.
 import ml_collections
 
 from adaptive_rl.allocation.registry import default_settings
+from adaptive_rl.rl.config import parse_arg
 from adaptive_rl.parallel import DEFAULT_RULES
-
-
-def parse_arg(arg: str, **defaults):
-  """'a=1,b=x' -> ConfigDict with typed defaults (big_vision style)."""
-  out = ml_collections.ConfigDict(defaults)
-  if arg:
-    for item in arg.split(","):
-      if not item:
-        continue
-      if "=" not in item:
-        raise ValueError(f"config arg {item!r} must look like key=value")
-      key, value = item.split("=", 1)
-      if key not in defaults:
-        raise ValueError(f"unknown config arg {key!r}; valid: {sorted(defaults)}")
-      kind = type(defaults[key])
-      if kind is bool:
-        value = value.lower() in ("1", "true", "yes")
-      out[key] = kind(value)
-  return out
 
 
 def get_config(arg: str = ""):

@@ -17,19 +17,7 @@ import ml_collections
 
 from adaptive_rl.allocation.registry import default_settings
 from adaptive_rl.parallel import DEFAULT_RULES
-
-
-def parse_arg(arg: str, **defaults):
-  out = ml_collections.ConfigDict(defaults)
-  for item in filter(None, (arg or "").split(",")):
-    if "=" not in item:
-      raise ValueError(f"config arg {item!r} must look like key=value")
-    key, value = item.split("=", 1)
-    if key not in defaults:
-      raise ValueError(f"unknown config arg {key!r}; valid: {sorted(defaults)}")
-    kind = type(defaults[key])
-    out[key] = (value.lower() in ("1", "true", "yes")) if kind is bool else kind(value)
-  return out
+from adaptive_rl.rl.config import parse_arg
 
 
 def get_config(arg: str = ""):

@@ -278,6 +278,30 @@ def _section(cls, values: dict[str, Any], name: str):
 _TOP = ("seed", "task", "model", "sft", "rl", "allocator", "reward", "eval", "checkpoint", "log",
         "mesh", "logical_axis_rules", "force")
 
+def parse_arg(arg: str, **defaults):
+  """The `get_config(arg)` string of a config file: 'a=1,b=x' -> ConfigDict with typed defaults.
+
+  Every key must be one of `defaults` and takes its default's type (bools accept 1/true/yes).
+  big_vision style: `--config configs/quickstart.py:smoke=True,allocator=knapsack`.
+  """
+  import ml_collections  # pylint: disable=import-outside-toplevel
+  out = ml_collections.ConfigDict(defaults)
+  if arg:
+    for item in arg.split(","):
+      if not item:
+        continue
+      if "=" not in item:
+        raise ValueError(f"config arg {item!r} must look like key=value")
+      key, value = item.split("=", 1)
+      if key not in defaults:
+        raise ValueError(f"unknown config arg {key!r}; valid: {sorted(defaults)}")
+      kind = type(defaults[key])
+      if kind is bool:
+        value = value.lower() in ("1", "true", "yes")
+      out[key] = kind(value)
+  return out
+
+
 
 def _mapping(raw: dict[str, Any], name: str, default: Any = None) -> dict[str, Any]:
   """config.<name> as a dict with string keys, or a ConfigError saying what it is instead."""
