@@ -59,3 +59,26 @@ def test_text_task_pieces(files):
   with pytest.raises(ValueError, match="task.prompt_length=4"):
     make_task("text", train_path=files["train"], tokenizer_path=files["ckpt"], test_size=5,
               prompt_length=4, overlong="error").split("train")
+
+
+def test_math_config_reads_boxed_solutions(files, tmp_path):
+  import importlib.util
+  from adaptive_rl.rl.config import parse_config
+  from adaptive_rl.rl.trainer import Trainer
+  path = tmp_path / "math.jsonl"
+  rows = [{"problem": f"what is {i} plus {i} ?",
+           "solution": f"{i} + {i} = {2 * i} , so \\boxed{{\\frac{{{4 * i}}}{{2}}}}"}
+          for i in range(1, 9)]
+  path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+  spec = importlib.util.spec_from_file_location(
+      "m", os.path.join(ROOT, "configs", "qwen2_5_math_1_5b_math.py"))
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  full = mod.get_config(f"model={files['ckpt']},train={path}")
+  assert full.task.completion_length == 3000 and full.task.answer_format == "boxed"
+  c = mod.get_config(f"smoke=True,model={files['ckpt']},train={path}")
+  trainer = Trainer(parse_config(c), str(tmp_path / "run"))
+  assert trainer.test_data.size == 4 and trainer.host_rewards
+  assert set(trainer.train_data.answers) <= {f"\\frac{{{4 * i}}}{{2}}" for i in range(1, 9)}
+  assert trainer.task.reward_text("\\boxed{4}", "\\frac{8}{2}") == 1.0
+  trainer.close()
