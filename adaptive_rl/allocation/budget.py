@@ -208,42 +208,42 @@ class GVMBudget(_OneRound):
 class KnapsackBudget(_OneRound):
   """Knapsack RL: per-prompt budgets maximising sum Value(N_i, p_i), sum N_i = B n.
 
-  Attributes: as `knapsack.KnapsackSettings` (n = nominal group size; total = B n).
+  Attributes:
+    settings: the method's settings (`knapsack.KnapsackSettings`, which validates them, the
+      budget check with its numbers included); B = settings.batch_size, n = settings.n, and the
+      total budget must be B n (one round of the static slot batch).
   """
 
-  batch_prompts: int
-  group_size: int
-  n_low: int = 2
-  n_up: int = 128
-  n_pos: int = 2
-  n_neg: int = 2
-  confidence: float = 0.9
-  window: int = 16
-  min_known: int = 8
+  settings: knapsack.KnapsackSettings
 
   def __post_init__(self):
-    self.settings()  # validates, including the budget check with the numbers
+    s = self.settings
+    if s.total_budget != s.batch_size * s.n:
+      raise ValueError(f"allocator.knapsack: total_budget={s.total_budget} must equal "
+                       f"batch_size * n = {s.batch_size} * {s.n} (one round of B n slots)")
 
-  def settings(self) -> knapsack.KnapsackSettings:
-    return knapsack.KnapsackSettings(
-        batch_size=self.batch_prompts, total_budget=self.num_slots, n=self.group_size,
-        n_low=self.n_low, n_up=self.n_up, n_pos=self.n_pos, n_neg=self.n_neg,
-        confidence=self.confidence, window=self.window, min_known=self.min_known)
+  @property
+  def batch_prompts(self) -> int:
+    return self.settings.batch_size
+
+  @property
+  def group_size(self) -> int:
+    return self.settings.n
 
   def init(self, num_prompts: int) -> knapsack.KnapsackHistory:
-    return knapsack.knapsack_history_init(num_prompts, self.window)
+    return knapsack.knapsack_history_init(num_prompts, self.settings.window)
 
   def start(self, state, ids):
-    p_hat, known = knapsack.knapsack_estimate(state, ids, self.min_known)
+    p_hat, known = knapsack.knapsack_estimate(state, ids, self.settings.min_known)
     eligible = jnp.ones(ids.shape, bool)
-    return knapsack.knapsack_allocate_with(self.settings(), p_hat, known, eligible)
+    return knapsack.knapsack_allocate_with(self.settings, p_hat, known, eligible)
 
   def update(self, state, stats: PromptStats, pool: PoolView):
     ids = jnp.where(stats.num_samples > 0, stats.ids, state.total.shape[0])
     return knapsack.knapsack_history_update(state, ids, pool.rewards, pool.prompt, pool.valid)
 
   def summary(self, state) -> dict[str, jax.Array]:
-    return {"known_prompts": jnp.sum(state.total >= self.min_known)}
+    return {"known_prompts": jnp.sum(state.total >= self.settings.min_known)}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,6 +16,7 @@ from typing import Any
 
 from adaptive_rl.allocation import budget as budgets
 from adaptive_rl.allocation import group as groups
+from adaptive_rl.allocation import knapsack
 from adaptive_rl.allocation import select as selects
 from adaptive_rl.allocation.roles import Allocator
 
@@ -117,7 +118,9 @@ def build_allocator(settings: dict[str, Any], *, batch_prompts: int, group_size:
     budget = budgets.GVMBudget(b, n, **{k: v for k, v in g.items() if k != "adv_clip"})
   elif budget_name == "knapsack":
     k = method["knapsack"]
-    budget = budgets.KnapsackBudget(b, n, **{kk: v for kk, v in k.items() if kk != "adv_clip"})
+    budget = budgets.KnapsackBudget(knapsack.KnapsackSettings(
+        batch_size=b, total_budget=b * n, n=n,
+        **{kk: v for kk, v in k.items() if kk != "adv_clip"}))
   else:
     budget = budgets.DapoBudget(b, n, method["dapo"]["max_gen_batches"], tau)
 
