@@ -157,7 +157,7 @@ def test_batch_cache_and_state_shardings(model):
 
   cache = jax.eval_shape(lambda: models.init_cache(cfg, 8, 24))
   cs = parallel.kv_cache_shardings(mesh, cache, _RULES)
-  assert cs.k.spec == P(None, ("data", "fsdp"), None, "tensor", None)
+  assert cs.k.spec == P(None, ("data", "fsdp"), "tensor", None, None)
   assert cs.valid.spec == P(("data", "fsdp"), None) and cs.index.spec == P()
 
   ps = parallel.param_shardings(mesh, models.param_axes(cfg), _RULES, params)

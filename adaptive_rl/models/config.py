@@ -35,6 +35,9 @@ class ModelConfig:
     dtype: compute / activation dtype name.
     param_dtype: parameter storage dtype name.
     remat: rematerialisation policy of each scanned layer: none | full | dots | dots_no_batch.
+    scan_layers: run the L blocks with `lax.scan` (compile time independent of depth; the
+      default) or as an unrolled Python loop (faster steps on CPU and for shallow models: no
+      stacked-residual bookkeeping; compile time grows with L).
     model_type: HF `model_type` written by `to_hf` (llama, qwen2, qwen3).
   """
 
@@ -59,6 +62,7 @@ class ModelConfig:
   dtype: str = "float32"
   param_dtype: str = "float32"
   remat: str = "none"
+  scan_layers: bool = True
   model_type: str = "llama"
   bos_token_id: int | None = None
   eos_token_id: int | tuple[int, ...] | None = None

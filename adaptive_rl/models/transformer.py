@@ -32,20 +32,20 @@ class KVCache(NamedTuple):
   says where the next token goes; `valid` marks the slots that hold a real (non-pad) token.
   """
 
-  k: jax.Array  # [L, B, S, K, Dh]
-  v: jax.Array  # [L, B, S, K, Dh]
+  k: jax.Array  # [L, B, K, S, Dh]: the layout the score / value contractions read in place
+  v: jax.Array  # [L, B, K, S, Dh]
   valid: jax.Array  # [B, S] bool
   index: jax.Array  # [] int32: number of slots written so far
 
   @property
   def max_len(self) -> int:
-    return self.k.shape[2]
+    return self.k.shape[3]
 
 
 def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype: Any = None) -> KVCache:
   """An empty cache with `max_len` slots per sequence."""
   dtype = dtype or cfg.compute_dtype
-  shape = (cfg.num_layers, batch, max_len, cfg.num_kv_heads, cfg.head_dim)
+  shape = (cfg.num_layers, batch, cfg.num_kv_heads, max_len, cfg.head_dim)
   return KVCache(
       k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype),
       valid=jnp.zeros((batch, max_len), bool), index=jnp.zeros((), jnp.int32))
@@ -150,30 +150,49 @@ def positions_from_mask(mask_BT: jax.Array) -> jax.Array:
   return jnp.maximum(jnp.cumsum(mask_BT.astype(jnp.int32), axis=-1) - 1, 0)
 
 
-def _attention(cfg: ModelConfig, q_BTHD, k_BSKD, v_BSKD, mask_BTS) -> jax.Array:
+def _dense(x: jax.Array, w: jax.Array, n_in: int = 1) -> jax.Array:
+  """Contracts the last `n_in` dims of x with the first `n_in` of w as ONE 2-D matmul.
+
+  Flattening [B, T, D] x [D, H, Dh] to [B*T, D] x [D, H*Dh] keeps the weight-gradient matmul of
+  the backward pass a plain [D, B*T] x [B*T, H*Dh] product; as a multi-dim einsum XLA:CPU
+  instead materialises transposed activation gradients (3x slower MLP backward, measured).
+  """
+  lead, rest = x.shape[:x.ndim - n_in], x.shape[x.ndim - n_in:]
+  out = w.shape[n_in:]
+  y = jnp.dot(x.reshape(-1, math.prod(rest)), w.reshape(math.prod(rest), -1))
+  return y.reshape(*lead, *out)
+
+
+def _attention(cfg: ModelConfig, q_BTHD, k_BKSD, v_BKSD, mask_BTS) -> jax.Array:
   b, t, _, dh = q_BTHD.shape
   kh = cfg.num_kv_heads
-  q = q_BTHD.reshape(b, t, kh, cfg.num_heads // kh, dh)
-  scores = jnp.einsum("btkgd,bskd->bkgts", q, k_BSKD,
+  # [B, K, G*T, Dh]: the query heads sharing a kv head are stacked along the query axis, so
+  # both contractions are plain batched matmuls over (B, K) against the cache as stored.
+  q = q_BTHD.reshape(b, t, kh, cfg.num_heads // kh, dh).transpose(0, 2, 3, 1, 4)
+  q = q.reshape(b, kh, -1, dh)
+  scores = jnp.einsum("bkqd,bksd->bkqs", q, k_BKSD,
                       preferred_element_type=jnp.float32) / math.sqrt(dh)
+  scores = scores.reshape(b, kh, -1, t, scores.shape[-1])
   scores = jnp.where(mask_BTS[:, None, None, :, :], scores, _NEG_INF)
-  probs = jax.nn.softmax(scores, axis=-1).astype(v_BSKD.dtype)
-  out = jnp.einsum("bkgts,bskd->btkgd", probs, v_BSKD)
+  probs = jax.nn.softmax(scores, axis=-1).astype(v_BKSD.dtype)
+  out = jnp.einsum("bkqs,bksd->bkqd", probs.reshape(b, kh, -1, probs.shape[-1]), v_BKSD)
+  out = out.reshape(b, kh, -1, t, dh).transpose(0, 3, 1, 2, 4)
   return out.reshape(b, t, cfg.num_heads, dh)
 
 
 def _block(cfg: ModelConfig, inv_freq, x_BTD, layer, positions_BT, mask_BTS, kv):
   """One decoder block.
 
-  `kv` is None (attend within the T tokens) or (k_layer, v_layer, index): this layer's cache
-  [B, S, K, Dh] before this call and the slot of the first new token. Returns (x, (k, v)) with
-  the new tokens' keys / values [B, T, K, Dh], which the caller writes into the cache.
+  `kv` is None (attend within the T tokens) or (k_all, v_all, layer_index, index): the stacked
+  cache [L, B, K, S, Dh], this layer's index in it and the slot of the first new token. The new
+  tokens' keys / values are written into the stacked cache first and the layer then attends to
+  its slice of it. Returns (x, (k_all, v_all)), the caches None without `kv`.
   """
   dt = cfg.compute_dtype
   h = rms_norm(x_BTD, layer["attn_norm"], cfg.rms_norm_eps)
-  q = jnp.einsum("btd,dhk->bthk", h, layer["wq"].astype(dt))
-  k = jnp.einsum("btd,dhk->bthk", h, layer["wk"].astype(dt))
-  v = jnp.einsum("btd,dhk->bthk", h, layer["wv"].astype(dt))
+  q = _dense(h, layer["wq"].astype(dt))
+  k = _dense(h, layer["wk"].astype(dt))
+  v = _dense(h, layer["wv"].astype(dt))
   if cfg.qkv_bias:
     q, k, v = q + layer["bq"].astype(dt), k + layer["bk"].astype(dt), v + layer["bv"].astype(dt)
   if cfg.qk_norm:
@@ -181,22 +200,26 @@ def _block(cfg: ModelConfig, inv_freq, x_BTD, layer, positions_BT, mask_BTS, kv)
     k = rms_norm(k, layer["k_norm"], cfg.rms_norm_eps)
   q = constrain(apply_rope(q, positions_BT, inv_freq), ("batch", "length", "heads", "head_dim"))
   k = constrain(apply_rope(k, positions_BT, inv_freq), ("batch", "length", "kv_heads", "head_dim"))
+  k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, K, T, Dh]
   if kv is None:
-    keys, values = k, v
+    keys, values, caches = k, v, (None, None)
   else:
-    k_layer, v_layer, index = kv
-    keys = jax.lax.dynamic_update_slice_in_dim(k_layer, k.astype(k_layer.dtype), index, 1)
-    values = jax.lax.dynamic_update_slice_in_dim(v_layer, v.astype(v_layer.dtype), index, 1)
-    keys, values = keys.astype(dt), values.astype(dt)
+    k_all, v_all, i, index = kv
+    start = (i, 0, 0, index, 0)
+    k_all = jax.lax.dynamic_update_slice(k_all, k.astype(k_all.dtype)[None], start)
+    v_all = jax.lax.dynamic_update_slice(v_all, v.astype(v_all.dtype)[None], start)
+    keys = jax.lax.dynamic_index_in_dim(k_all, i, 0, keepdims=False).astype(dt)
+    values = jax.lax.dynamic_index_in_dim(v_all, i, 0, keepdims=False).astype(dt)
+    caches = (k_all, v_all)
   attn = _attention(cfg, q, keys, values, mask_BTS)
-  x_BTD = x_BTD + jnp.einsum("bthk,hkd->btd", attn, layer["wo"].astype(dt))
+  x_BTD = x_BTD + _dense(attn, layer["wo"].astype(dt), n_in=2)
   x_BTD = constrain(x_BTD, ("batch", "length", "embed"))
   h = rms_norm(x_BTD, layer["mlp_norm"], cfg.rms_norm_eps)
-  gate = jnp.einsum("btd,df->btf", h, layer["w_gate"].astype(dt))
-  up = jnp.einsum("btd,df->btf", h, layer["w_up"].astype(dt))
+  gate = _dense(h, layer["w_gate"].astype(dt))
+  up = _dense(h, layer["w_up"].astype(dt))
   mlp = constrain(jax.nn.silu(gate) * up, ("batch", "length", "mlp"))
-  x_BTD = x_BTD + jnp.einsum("btf,fd->btd", mlp, layer["w_down"].astype(dt))
-  return constrain(x_BTD, ("batch", "length", "embed")), (k, v)
+  x_BTD = x_BTD + _dense(mlp, layer["w_down"].astype(dt))
+  return constrain(x_BTD, ("batch", "length", "embed")), caches
 
 
 _REMAT_POLICIES = {
@@ -257,32 +280,29 @@ def apply(cfg: ModelConfig, params: Params, tokens_BT: jax.Array,
     causal = jnp.arange(s)[None, :] <= slot_q[:, None]  # [T, S]
     mask = causal[None] & valid[:, None, :]
 
-  if cache is None:
-    def body(x, layer):
-      return _block(cfg, inv_freq, x, layer, positions_BT, mask, None)[0], None
+  kv = None if cache is None else (cache.k, cache.v)
 
-    if cfg.remat != "none":
-      body = jax.checkpoint(body, policy=_REMAT_POLICIES[cfg.remat], prevent_cse=False)
-    x, _ = jax.lax.scan(body, x, params["layers"])
-    new_cache = None
-  else:
-    # The stacked cache rides in the scan carry and each layer writes only its T new slots
-    # (dynamic_update_slice on a loop-carried buffer is done in place), instead of the cache
-    # flowing through as scan input and output, which rewrites every slot of every layer.
-    def body(carry, layer):
-      x, i, k_all, v_all = carry
-      k_layer = jax.lax.dynamic_index_in_dim(k_all, i, 0, keepdims=False)
-      v_layer = jax.lax.dynamic_index_in_dim(v_all, i, 0, keepdims=False)
-      x, (k, v) = _block(cfg, inv_freq, x, layer, positions_BT, mask,
-                         (k_layer, v_layer, cache.index))
-      start = (i, 0, cache.index, 0, 0)
-      k_all = jax.lax.dynamic_update_slice(k_all, k.astype(k_all.dtype)[None], start)
-      v_all = jax.lax.dynamic_update_slice(v_all, v.astype(v_all.dtype)[None], start)
-      return (x, i + 1, k_all, v_all), None
+  def body(carry, layer):
+    x, i, kv = carry
+    x, kv = _block(cfg, inv_freq, x, layer, positions_BT, mask,
+                   None if kv is None else (*kv, i, cache.index))
+    return (x, i + 1, None if cache is None else kv), None
 
-    (x, _, k_all, v_all), _ = jax.lax.scan(
-        body, (x, jnp.zeros((), jnp.int32), cache.k, cache.v), params["layers"])
-    new_cache = KVCache(k=k_all, v=v_all, valid=valid, index=cache.index + t)
+  if cfg.remat != "none" and cache is None:
+    body = jax.checkpoint(body, policy=_REMAT_POLICIES[cfg.remat], prevent_cse=False)
+  # The stacked cache rides in the carry and each layer writes only its T new slots
+  # (dynamic_update_slice on a loop-carried buffer is done in place), instead of the cache
+  # flowing through as scan input and output, which rewrites every slot of every layer.
+  carry = (x, jnp.zeros((), jnp.int32), kv)
+  if cfg.scan_layers:
+    carry, _ = jax.lax.scan(body, carry, params["layers"])
+  else:  # unrolled: no stacked residuals / slices of the loop; longer compiles for deep models
+    for i in range(cfg.num_layers):
+      layer = jax.tree.map(lambda w, i=i: w[i], params["layers"])
+      carry, _ = body((carry[0], jnp.int32(i), carry[2]), layer)
+  x, _, kv = carry
+  new_cache = None if cache is None else KVCache(k=kv[0], v=kv[1], valid=valid,
+                                                 index=cache.index + t)
   x = rms_norm(x, params["final_norm"], cfg.rms_norm_eps)
   if return_hidden:
     return x, new_cache

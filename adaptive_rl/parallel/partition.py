@@ -26,8 +26,8 @@ from adaptive_rl.parallel.sharding import (
 
 # Logical axes of the sampler's KV cache fields (models.KVCache).
 KV_CACHE_AXES = {
-    "k": ("layers", "batch", "cache_length", "kv_heads", "head_dim"),
-    "v": ("layers", "batch", "cache_length", "kv_heads", "head_dim"),
+    "k": ("layers", "batch", "kv_heads", "cache_length", "head_dim"),
+    "v": ("layers", "batch", "kv_heads", "cache_length", "head_dim"),
     "valid": ("batch", "cache_length"),
     "index": (),
 }

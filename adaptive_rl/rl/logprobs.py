@@ -1,8 +1,9 @@
 """Per-token log-probabilities of completions, computed in vocabulary-sized chunks.
 
-The model returns hidden states; each chunk of positions is projected to the vocabulary,
-log-softmaxed and gathered inside `jax.checkpoint`, so neither the forward nor the backward pass
-ever holds float32 logits for the whole [B, N, V] batch at once.
+The model returns hidden states; each chunk of positions is projected to the vocabulary and
+reduced to log-sum-exp (and entropy) inside `jax.checkpoint`, so with several chunks neither
+the forward nor the backward pass ever holds float32 logits for the whole [B, N, V] batch at
+once. With one chunk (`chunk_size=0`) nothing is rematerialised.
 """
 
 from __future__ import annotations
@@ -66,19 +67,37 @@ def completion_logprobs(model_cfg: ModelConfig, params: Params, prompts_BP: jax.
   h_chunks = h.reshape(b, total // chunk, chunk, d).swapaxes(0, 1)
   t_chunks = targets.reshape(b, total // chunk, chunk).swapaxes(0, 1)
 
-  @jax.checkpoint
   def one(args):
     hc, tc = args
     logits = unembed(model_cfg, params, hc)
-    logp_all = jax.nn.log_softmax(logits, axis=-1)
-    lp = jnp.take_along_axis(logp_all, tc[..., None], axis=-1)[..., 0]
-    ent = -jnp.sum(jnp.exp(logp_all) * logp_all, axis=-1) if with_entropy else jnp.zeros_like(lp)
+    lse = jax.nn.logsumexp(logits, axis=-1)
+    # The target's logit as h . w[target]: its backward is a scatter-add into [V, D] weight rows
+    # rather than a dense [.., V] one-hot (what take_along_axis on the logits costs).
+    lp = _target_logits(model_cfg, params, hc, tc) - lse
+    if with_entropy:
+      ent = lse - jnp.sum(jax.nn.softmax(logits, axis=-1) * logits, axis=-1)
+    else:
+      ent = jnp.zeros_like(lp)
     return lp, ent
 
+  if h_chunks.shape[0] > 1:  # several chunks: keep only one chunk's logits alive at a time
+    one = jax.checkpoint(one)
   lp, ent = jax.lax.map(one, (h_chunks, t_chunks))
   lp = lp.swapaxes(0, 1).reshape(b, total)[:, :n]
   ent = ent.swapaxes(0, 1).reshape(b, total)[:, :n]
   return lp, (ent if with_entropy else None)
+
+
+def _target_logits(model_cfg: ModelConfig, params: Params, h: jax.Array,
+                   targets: jax.Array) -> jax.Array:
+  """float32 logits of `targets` [...] from hidden states h [..., D] (== unembed(h)[targets])."""
+  dt = model_cfg.compute_dtype
+  if model_cfg.tie_embeddings:
+    w = jnp.take(params["embed"], targets, axis=0)
+  else:
+    w = jnp.moveaxis(jnp.take(params["lm_head"], targets, axis=1), 0, -1)
+  return jnp.einsum("...d,...d->...", h.astype(dt), w.astype(dt),
+                    preferred_element_type=jnp.float32)
 
 
 def embedding_grad_norms(model_cfg: ModelConfig, params: Params, prompts_BP: jax.Array,
