@@ -133,8 +133,12 @@ def write_workload(size: Size, out_dir: str, num_prompts: int, seed: int = 0) ->
 class OurGRPO:
   """`adaptive_rl`'s GRPO step on the shared checkpoint, wired as `Trainer` wires it."""
 
-  def __init__(self, size: Size, ckpt_dir: str, prompt_ids: np.ndarray, seed: int = 0):
+  def __init__(self, size: Size, ckpt_dir: str, prompt_ids: np.ndarray, seed: int = 0,
+               scan_layers: bool = False):
     cfg, params = models.from_hf(ckpt_dir)
+    # Unrolled layers (as tunix's Qwen2 and TRL's models run them): on CPU and for shallow
+    # models they skip the scan's stacked-residual bookkeeping and per-step weight slices.
+    cfg = cfg.replace(scan_layers=scan_layers)
     n = size.new_tokens
     allocator = build_allocator({"name": "uniform"}, batch_prompts=size.prompts,
                                 group_size=size.group, tau=0.5)
@@ -151,6 +155,9 @@ class OurGRPO:
       return jnp.sum(valid & (tokens % 2 == 0), axis=1) / jnp.maximum(lengths, 1)
 
     sample_round, finish_round = make_round_fns(cfg, sampler_cfg, allocator, reward)
+    # The pieces, for benchmarks/grpo_phases.py (it jits them without donation).
+    self.cfg, self.allocator, self.reward_fn = cfg, allocator, reward
+    self.sample_round_fn, self.finish_round_fn = sample_round, finish_round
     pool_rows, p = allocator.pool_rows, prompt_ids.shape[1]
 
     def begin(state):

@@ -1,9 +1,10 @@
 """Sampler throughput: compile time, prefill, decode and end-to-end tokens/s per model and batch.
 
   python benchmarks/sampler.py --sizes 10m,100m --batch 1,8,32 --prompt_len 32 --new_tokens 64 \
-      [--repeats 3] [--dtype float32] [--strategy sample] [--json]
+      [--repeats 3] [--dtype float32] [--strategy sample] [--scan_layers both] [--json]
 
-For each (model preset, batch) it builds random params and random full-length prompts, then times:
+For each (model preset, layer loop, batch) it builds random params and random full-length
+prompts, then times:
   * compile: trace + lower + XLA compile of the first `Sampler` call, read from JAX's compile
     events (the first call's wall time, which also runs once, is reported beside it);
   * prefill: a jitted prefill-only function (empty cache + `apply` on the prompt, as `sample` does
@@ -13,60 +14,32 @@ For each (model preset, batch) it builds random params and random full-length pr
     prefill time) and end-to-end tokens/s = B * N / sample time.
 Each timing is the median of `--repeats` runs after one warm-up, with `jax.block_until_ready`.
 Compiles that happen during the timed runs are counted (`recompiles`; it should be 0).
+`--scan_layers` picks the layer loop (`ModelConfig.scan_layers`): true = `lax.scan` over stacked
+layers (stacked [L, B, K, S, Dh] KV cache), false = unrolled (per-layer caches), both = each.
 Prints a markdown table; with `--json` the last line is one JSON object with every figure.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import statistics
 import sys
-import time
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-# A script, not a package: let `python benchmarks/sampler.py` import the uninstalled repo.
+# A script, not a package: let `python benchmarks/sampler.py` import the uninstalled repo (and
+# `_common`, which sits beside this file on sys.path[0]).
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from _common import (  # noqa: E402  pylint: disable=import-error
+    CompileMeter, layers_label, machine_info, parse_scan_layers, timed)
 from adaptive_rl.models import ModelConfig, apply, get_preset, init, init_cache  # noqa: E402
 from adaptive_rl.sampling import Greedy, Sample, Sampler, SamplerConfig  # noqa: E402
-
-_COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration",
-                   "/jax/core/compile/jaxpr_to_mlir_module_duration",
-                   "/jax/core/compile/backend_compile_duration")
-
-
-class _CompileMeter:
-  """Sums JAX's compile-phase durations and counts backend compiles while `active`."""
-
-  def __init__(self):
-    self.seconds = 0.0
-    self.compiles = 0
-    self.active = False
-    jax.monitoring.register_event_duration_secs_listener(self._on_event)
-
-  def _on_event(self, event: str, duration: float, **kwargs) -> None:
-    del kwargs
-    if self.active and event in _COMPILE_EVENTS:
-      self.seconds += duration
-      self.compiles += event.endswith("backend_compile_duration")
-
-  def reset(self) -> None:
-    self.seconds, self.compiles = 0.0, 0
-
-
-def _timed(fn: Callable[[], Any]) -> float:
-  """Wall seconds of one call, waiting for every output buffer."""
-  t0 = time.perf_counter()
-  jax.block_until_ready(fn())
-  return time.perf_counter() - t0
 
 
 def _prefill_fn(model_cfg: ModelConfig, max_len: int) -> Callable:
@@ -85,11 +58,11 @@ def _prefill_fn(model_cfg: ModelConfig, max_len: int) -> Callable:
 
 
 def bench_one(model_cfg: ModelConfig, params, batch: int, prompt_len: int, new_tokens: int,
-              strategy, repeats: int, meter: _CompileMeter) -> dict[str, Any]:
+              strategy, repeats: int, meter: CompileMeter) -> dict[str, Any]:
   """Times compile, prefill and sampling for one model and batch size.
 
   Args:
-    model_cfg: model config (its dtype is the compute dtype).
+    model_cfg: model config (its dtype is the compute dtype; `scan_layers` the layer loop).
     params: model params.
     batch: rows B.
     prompt_len: prompt tokens per row P (all rows full length).
@@ -115,18 +88,18 @@ def bench_one(model_cfg: ModelConfig, params, batch: int, prompt_len: int, new_t
 
   meter.reset()
   meter.active = True
-  first_call = _timed(run_sample)
+  first_call = timed(run_sample)
   compile_s = meter.seconds
   meter.reset()
-  prefill_first = _timed(run_prefill)
+  prefill_first = timed(run_prefill)
   prefill_compile_s = meter.seconds
   meter.reset()
-  _timed(run_sample)  # warm-up
-  _timed(run_prefill)
+  timed(run_sample)  # warm-up
+  timed(run_prefill)
   prefill_times, sample_times = [], []
   for _ in range(repeats):
-    prefill_times.append(_timed(run_prefill))
-    sample_times.append(_timed(run_sample))
+    prefill_times.append(timed(run_prefill))
+    sample_times.append(timed(run_sample))
   recompiles = meter.compiles
   meter.active = False
 
@@ -148,36 +121,15 @@ def bench_one(model_cfg: ModelConfig, params, batch: int, prompt_len: int, new_t
       prefill_times=prefill_times, sample_times=sample_times, recompiles=recompiles)
 
 
-def _cpu_model() -> str:
-  """The CPU model name from /proc/cpuinfo (platform.processor() is often empty on Linux)."""
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.startswith("model name"):
-          return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor()
-
-
-def machine_info() -> dict[str, Any]:
-  """Where and when the benchmark ran."""
-  dev = jax.devices()[0]
-  return dict(
-      processor=platform.processor(), cpu_model=_cpu_model(), cpu_count=os.cpu_count(),
-      platform=platform.platform(), python=platform.python_version(), jax=jax.__version__,
-      backend=jax.default_backend(), device_kind=dev.device_kind, num_devices=jax.device_count(),
-      date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"))
-
-
 def markdown_table(rows: list[dict[str, Any]]) -> str:
   """The results as a markdown table."""
-  head = ("| model | params | B | P | N | compile s | first call s | prefill ms | prefill tok/s "
-          "| decode ms/step | decode tok/s | e2e tok/s | recompiles |")
+  head = ("| model | params | layers | B | P | N | compile s | first call s | prefill ms "
+          "| prefill tok/s | decode ms/step | decode tok/s | e2e tok/s | recompiles |")
   lines = [head, "|" + "---|" * (head.count("|") - 1)]
   for r in rows:
     lines.append(
-        f"| {r['model']} | {r['params'] / 1e6:.1f}M | {r['batch']} | {r['prompt_len']} "
+        f"| {r['model']} | {r['params'] / 1e6:.1f}M | {r['layers']} | {r['batch']} "
+        f"| {r['prompt_len']} "
         f"| {r['new_tokens']} | {r['compile_s']:.1f} | {r['first_call_s']:.1f} "
         f"| {1e3 * r['prefill_s']:.1f} | {r['prefill_tok_s']:,.0f} "
         f"| {r['decode_ms_per_step']:.1f} | {r['decode_tok_s']:,.0f} | {r['e2e_tok_s']:,.0f} "
@@ -198,31 +150,36 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--dtype", default="float32", help="compute and param dtype")
   parser.add_argument("--strategy", default="sample", choices=("sample", "greedy"))
+  parser.add_argument("--scan_layers", default="both", choices=("true", "false", "both"),
+                      help="layer loop: lax.scan (true), unrolled (false) or both")
   parser.add_argument("--json", action="store_true", help="end with one JSON line")
   args = parser.parse_args(argv)
   if args.repeats < 1 or args.prompt_len < 1 or args.new_tokens < 1:
     parser.error("--repeats, --prompt_len and --new_tokens must be >= 1")
 
   strategy = Sample() if args.strategy == "sample" else Greedy()
-  meter = _CompileMeter()
+  meter = CompileMeter()
   rows = []
   for size in args.sizes.split(","):
-    model_cfg = get_preset(size, dtype=args.dtype, param_dtype=args.dtype)
-    params = jax.block_until_ready(init(model_cfg, jax.random.key(0)))
-    for batch in _ints(args.batch):
-      r = bench_one(model_cfg, params, batch, args.prompt_len, args.new_tokens, strategy,
-                    args.repeats, meter)
-      r.update(model=size, params=model_cfg.num_params())
-      rows.append(r)
-      print(f"done {size} B={batch}: e2e {r['e2e_tok_s']:,.0f} tok/s", file=sys.stderr,
-            flush=True)
+    base_cfg = get_preset(size, dtype=args.dtype, param_dtype=args.dtype)
+    params = jax.block_until_ready(init(base_cfg, jax.random.key(0)))  # same for both loops
+    for scan in parse_scan_layers(args.scan_layers):
+      model_cfg = base_cfg.replace(scan_layers=scan)
+      for batch in _ints(args.batch):
+        r = bench_one(model_cfg, params, batch, args.prompt_len, args.new_tokens, strategy,
+                      args.repeats, meter)
+        r.update(model=size, params=model_cfg.num_params(), scan_layers=scan,
+                 layers=layers_label(scan))
+        rows.append(r)
+        print(f"done {size} {layers_label(scan)} B={batch}: e2e {r['e2e_tok_s']:,.0f} tok/s "
+              f"(load {os.getloadavg()[0]:.1f})", file=sys.stderr, flush=True)
     del params
 
   print(markdown_table(rows))
   if args.json:
     settings = dict(sizes=args.sizes, batch=args.batch, prompt_len=args.prompt_len,
                     new_tokens=args.new_tokens, repeats=args.repeats, dtype=args.dtype,
-                    strategy=args.strategy)
+                    strategy=args.strategy, scan_layers=args.scan_layers)
     print(json.dumps(dict(machine=machine_info(), settings=settings, results=rows)))
 
 

@@ -130,6 +130,55 @@ def test_top_k_and_top_p_restrict_support():
   assert abs(frac0 - 0.5 / 0.8) < 0.03
 
 
+def test_inverse_cdf_sampling_matches_distribution():
+  # Frequencies of 40,000 draws against the probabilities (6 sigma bounds), zero-probability
+  # entries (top-k truncation and a masked-out middle entry) never drawn.
+  probs = np.array([0.0, 0.05, 0.4, 0.0, 0.25, 0.3, 0.0])
+  logp = jnp.log(jnp.asarray(probs, jnp.float32))[None].repeat(40000, 0)
+  draws = np.asarray(sampling.strategies.inverse_cdf_sample(jax.random.key(3), logp))
+  freq = np.bincount(draws, minlength=probs.size) / draws.size
+  assert np.all(freq[probs == 0] == 0)
+  sigma = np.sqrt(probs * (1 - probs) / draws.size)
+  assert np.all(np.abs(freq - probs) <= 6 * sigma + 1e-12), (freq, probs)
+  # Through the strategy with top-k: only the 2 most likely tokens, in ratio 0.4 : 0.3.
+  tokens, lp = sampling.Sample(top_k=2).get_next_tokens(
+      jnp.log(jnp.asarray(probs + 1e-9, jnp.float32))[None].repeat(20000, 0), jax.random.key(4))
+  tokens = np.asarray(tokens)
+  assert set(np.unique(tokens)) <= {2, 5}
+  assert abs(np.mean(tokens == 2) - 0.4 / 0.7) < 0.02
+  np.testing.assert_allclose(np.asarray(lp)[tokens == 2], np.log(0.4 / 0.7), atol=1e-5)
+
+
+def test_unrolled_model_samples_like_scanned(model):
+  cfg, params = model
+  toks, lens = sampling.left_pad(_prompts([3, 7, 5], cfg.vocab_size, seed=5), pad_id=0)
+  scfg = sampling.SamplerConfig(max_new_tokens=6, eos_ids=(999,), strategy=sampling.Sample())
+  a = sampling.Sampler(cfg, scfg)(params, toks, lens, jax.random.key(2))
+  b = sampling.Sampler(cfg.replace(scan_layers=False), scfg)(params, toks, lens,
+                                                             jax.random.key(2))
+  np.testing.assert_array_equal(a.tokens, b.tokens)
+  np.testing.assert_allclose(a.logprobs, b.logprobs, atol=2e-5)
+
+
+@pytest.mark.parametrize("scan_layers", [True, False])
+def test_shared_prompt_prefill_equals_one_row_per_sample(model, scan_layers):
+  # prompt_index: each distinct prompt prefilled once, its cache copied to its G rows; the
+  # result equals sampling the B expanded rows directly (same key: same uniforms per row).
+  cfg, params = model
+  cfg = cfg.replace(scan_layers=scan_layers)
+  toks, lens = sampling.left_pad(_prompts([4, 2, 6], cfg.vocab_size, seed=6), pad_id=0)
+  index = jnp.asarray([2, 0, 0, 1, 2, 2, 1, 0], jnp.int32)
+  scfg = sampling.SamplerConfig(max_new_tokens=5, eos_ids=(999,),
+                                strategy=sampling.Sample(temperature=0.8))
+  sampler = sampling.Sampler(cfg, scfg)
+  shared = sampler(params, toks, lens, jax.random.key(9), index)
+  rows = sampler(params, toks[np.asarray(index)], lens[np.asarray(index)], jax.random.key(9))
+  np.testing.assert_array_equal(shared.tokens, rows.tokens)
+  np.testing.assert_allclose(shared.logprobs, rows.logprobs, atol=2e-5)
+  np.testing.assert_allclose(shared.policy_logprobs, rows.policy_logprobs, atol=2e-5)
+  np.testing.assert_array_equal(shared.lengths, rows.lengths)
+
+
 def test_sampler_compiles_once_per_shape(model):
   cfg, params = model
   scfg = sampling.SamplerConfig(max_new_tokens=4, eos_ids=(5,))

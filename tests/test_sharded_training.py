@@ -33,6 +33,11 @@ _SHRINK = {
     "log.progress": False, "log.tensorboard": False, "log.plots": False,
 }
 _RTOL = 1e-4
+# GRPO losses are sums of O(1) per-token terms that nearly cancel (advantages are centred), so
+# a step's loss can be ~1e-4 while float32 reduction order alone moves it by ~1e-7: the
+# relative bound gets a float32-scale absolute floor; the first step's gradient norm (no
+# cancellation) is held to the relative bound alone.
+_ATOL = 1e-6
 
 
 def _config(**mesh):
@@ -78,7 +83,13 @@ def _assert_losses_match(actual, expected):
   assert len(a) == len(e) == _SHRINK["rl.steps"]
   assert np.all(e != 0), e  # a vacuous comparison otherwise
   rel = np.abs(a - e) / np.abs(e)
-  assert np.all(rel <= _RTOL), (a, e, rel)
+  assert np.all(np.abs(a - e) <= _RTOL * np.abs(e) + _ATOL), (a, e, rel)
+  ga = np.array([r["grad_norm"] for r in actual])
+  ge = np.array([r["grad_norm"] for r in expected])
+  np.testing.assert_allclose(ga[0], ge[0], rtol=_RTOL)  # the first step: same params
+  # Later steps start from params one Adam update apart: Adam's first steps are ~lr * sign(g),
+  # so a gradient entry that float32 noise flips near zero moves its weight by a full lr.
+  np.testing.assert_allclose(ga, ge, rtol=10 * _RTOL)
   # The same completions were sampled and scored.
   assert [r["reward_mean"] for r in actual] == [r["reward_mean"] for r in expected]
   return rel

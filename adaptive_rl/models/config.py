@@ -9,6 +9,7 @@ import jax.numpy as jnp
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 _REMAT = ("none", "full", "dots", "dots_no_batch")
+_ATTENTION = ("xla", "dot_product_attention")
 _ROPE_TYPES = ("default", "linear", "llama3")
 
 
@@ -38,6 +39,9 @@ class ModelConfig:
     scan_layers: run the L blocks with `lax.scan` (compile time independent of depth; the
       default) or as an unrolled Python loop (faster steps on CPU and for shallow models: no
       stacked-residual bookkeeping; compile time grows with L).
+    attention: "xla" (einsums; the default) or "dot_product_attention": the uncached forward /
+      backward (training, log-probs) through `jax.nn.dot_product_attention`, which uses cuDNN
+      flash attention on GPU where eligible and XLA elsewhere. Decoding keeps the einsums.
     model_type: HF `model_type` written by `to_hf` (llama, qwen2, qwen3).
   """
 
@@ -63,6 +67,7 @@ class ModelConfig:
   param_dtype: str = "float32"
   remat: str = "none"
   scan_layers: bool = True
+  attention: str = "xla"
   model_type: str = "llama"
   bos_token_id: int | None = None
   eos_token_id: int | tuple[int, ...] | None = None
@@ -88,6 +93,9 @@ class ModelConfig:
       raise ValueError(
           f"ModelConfig.dtype/param_dtype must be one of {sorted(_DTYPES)}, got "
           f"{self.dtype!r}/{self.param_dtype!r}")
+    if self.attention not in _ATTENTION:
+      raise ValueError(f"ModelConfig.attention must be one of {_ATTENTION}, got "
+                       f"{self.attention!r}")
     if self.remat not in _REMAT:
       raise ValueError(f"ModelConfig.remat must be one of {_REMAT}, got {self.remat!r}")
     if self.rope_type not in _ROPE_TYPES:

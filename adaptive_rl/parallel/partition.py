@@ -165,6 +165,11 @@ def kv_cache_shardings(mesh: Mesh, cache: Any, rules: Rules = DEFAULT_RULES) -> 
   """Shardings of a `models.KVCache` (or its `jax.eval_shape`): batch over data x fsdp,
   kv heads over tensor, the layer / slot / head_dim dimensions replicated."""
   rules = normalize_rules(rules)
-  return cache._replace(**{
-      name: named_sharding(mesh, axes, rules, getattr(cache, name).shape)
-      for name, axes in KV_CACHE_AXES.items()})
+
+  def one(name, axes):
+    x = getattr(cache, name)
+    if isinstance(x, tuple):  # per-layer buffers (scan_layers=False): no layers axis
+      return tuple(named_sharding(mesh, axes[1:], rules, xi.shape) for xi in x)
+    return named_sharding(mesh, axes, rules, x.shape)
+
+  return cache._replace(**{name: one(name, axes) for name, axes in KV_CACHE_AXES.items()})

@@ -16,7 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from adaptive_rl.models import ModelConfig, Params, apply, init_cache, positions_from_mask
+from adaptive_rl.models import (ModelConfig, Params, apply, init_cache, positions_from_mask,
+                                unstack_layers)
 from adaptive_rl.sampling.strategies import Greedy, Sample, make_strategy
 
 
@@ -80,36 +81,54 @@ def check_prompt_fits(model_cfg: ModelConfig, prompt_len: int, max_new_tokens: i
 
 
 def sample(model_cfg: ModelConfig, cfg: SamplerConfig, params: Params, prompts_BP: jax.Array,
-           prompt_lengths_B: jax.Array, rng: jax.Array) -> SampleOutput:
+           prompt_lengths_B: jax.Array, rng: jax.Array,
+           prompt_index: jax.Array | None = None) -> SampleOutput:
   """Samples continuations of left-padded prompts. Pure and jittable (cfgs static).
 
   Args:
     model_cfg: the model config.
     cfg: sampler settings.
     params: model params.
-    prompts_BP: int32 [B, P], each prompt right-aligned (left padding).
-    prompt_lengths_B: int32 [B] real prompt lengths (>= 1).
+    prompts_BP: int32 [B, P], each prompt right-aligned (left padding); with `prompt_index`,
+      the U distinct prompts [U, P] instead.
+    prompt_lengths_B: int32 [B] (or [U]) real prompt lengths (>= 1).
     rng: PRNG key.
+    prompt_index: optional int32 [B]: row b continues prompt `prompt_index[b]`. The U prompts
+      are prefilled once each and their caches copied to their rows, so G samples of one
+      prompt cost one prefill, not G (same result as passing the B rows themselves).
 
   Returns:
-    A `SampleOutput`.
+    A `SampleOutput` with B rows.
   """
-  b, p = prompts_BP.shape
+  u, p = prompts_BP.shape
   n = cfg.max_new_tokens
   check_prompt_fits(model_cfg, p, n)
   mask_BP = jnp.arange(p)[None, :] >= (p - prompt_lengths_B)[:, None]
   positions_BP = positions_from_mask(mask_BP)
   cache_dtype = jnp.dtype(cfg.cache_dtype) if cfg.cache_dtype else model_cfg.compute_dtype
-  cache = init_cache(model_cfg, b, p + n, cache_dtype)
+  cache = init_cache(model_cfg, u, p + n, cache_dtype)
+  if not model_cfg.scan_layers:  # slice the stacked weights once, not on every decode step
+    params = unstack_layers(params)
   logits, cache = apply(model_cfg, params, prompts_BP, positions_BP, cache=cache,
                         segment_ids_BT=mask_BP.astype(jnp.int32))
+  logits = logits[:, -1]
+  if prompt_index is not None:  # one prefill per distinct prompt, then a row per sample
+    rows = lambda x, axis: jnp.take(x, prompt_index, axis=axis)
+    stacked = not isinstance(cache.k, tuple)
+    kv = lambda c: rows(c, 1) if stacked else tuple(rows(x, 0) for x in c)
+    cache = cache._replace(k=kv(cache.k), v=kv(cache.v), valid=rows(cache.valid, 0))
+    logits, prompt_lengths_B = rows(logits, 0), rows(prompt_lengths_B, 0)
+  b = logits.shape[0]
   eos = jnp.asarray(cfg.eos_ids, jnp.int32)
   state = SamplingState(
-      step=jnp.zeros((), jnp.int32), cache=cache, logits=logits[:, -1],
+      step=jnp.zeros((), jnp.int32), cache=cache, logits=logits,
       positions=prompt_lengths_B.astype(jnp.int32),
       tokens=jnp.full((b, n), cfg.pad_id, jnp.int32),
       logprobs=jnp.zeros((b, n), jnp.float32), policy_logprobs=jnp.zeros((b, n), jnp.float32),
       done=jnp.zeros((b,), bool), rng=rng)
+  # Plain temperature-1 sampling: the sampling log-prob IS the policy's (no second softmax).
+  untempered = (isinstance(cfg.strategy, Sample) and cfg.strategy.temperature == 1.0
+                and not cfg.strategy.top_k and cfg.strategy.top_p >= 1.0)
 
   def cond(s: SamplingState):
     return (s.step < n) & ~jnp.all(s.done)
@@ -117,8 +136,11 @@ def sample(model_cfg: ModelConfig, cfg: SamplerConfig, params: Params, prompts_B
   def body(s: SamplingState):
     rng, key = jax.random.split(s.rng)
     tok, lp = cfg.strategy.get_next_tokens(s.logits, key)
-    policy_lp = jnp.take_along_axis(jax.nn.log_softmax(s.logits.astype(jnp.float32)),
-                                    tok[:, None], axis=-1)[:, 0]
+    if untempered:
+      policy_lp = lp
+    else:
+      policy_lp = jnp.take_along_axis(jax.nn.log_softmax(s.logits.astype(jnp.float32)),
+                                      tok[:, None], axis=-1)[:, 0]
     live = ~s.done
     tok = jnp.where(live, tok, cfg.pad_id)
     write = lambda buf, v: jax.lax.dynamic_update_slice_in_dim(buf, v[:, None], s.step, 1)
@@ -151,8 +173,9 @@ class Sampler:
     self.cfg = cfg
     self._fn = jax.jit(functools.partial(sample, model_cfg, cfg))
 
-  def __call__(self, params: Params, prompts_BP, prompt_lengths_B, rng) -> SampleOutput:
-    return self._fn(params, prompts_BP, prompt_lengths_B, rng)
+  def __call__(self, params: Params, prompts_BP, prompt_lengths_B, rng,
+               prompt_index=None) -> SampleOutput:
+    return self._fn(params, prompts_BP, prompt_lengths_B, rng, prompt_index)
 
 
 def bucket_length(length: int, buckets: Sequence[int]) -> int:
