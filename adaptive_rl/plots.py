@@ -35,8 +35,15 @@ def _series(records, key, x="rollouts"):
 
 
 def plot_run(records: Sequence[dict[str, Any]], out_dir: str,
-             sample_counts: np.ndarray | None = None) -> list[str]:
-  """Writes the standard plots of one run into out_dir; returns the file paths."""
+             sample_hist: np.ndarray | None = None) -> list[str]:
+  """Writes the standard plots of one run into out_dir; returns the file paths.
+
+  Args:
+    records: metrics.jsonl records.
+    out_dir: where the PNGs go.
+    sample_hist: `sample_hist[k]` = number of prompts that got k samples over the run (a
+      histogram, so its size does not grow with the number of steps).
+  """
   plt = _plt()
   os.makedirs(out_dir, exist_ok=True)
   paths = []
@@ -71,10 +78,12 @@ def plot_run(records: Sequence[dict[str, Any]], out_dir: str,
   fig.savefig(paths[-1], dpi=110)
   plt.close(fig)
 
-  if sample_counts is not None and np.size(sample_counts):
+  if sample_hist is not None and np.any(sample_hist):
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
-    counts = np.asarray(sample_counts).ravel()
-    ax.hist(counts, bins=np.arange(counts.min(), counts.max() + 2) - 0.5)
+    hist = np.asarray(sample_hist).ravel()
+    used = np.flatnonzero(hist)
+    ks = np.arange(used[0], used[-1] + 1)
+    ax.bar(ks, hist[ks], width=1.0)
     ax.set(xlabel="samples per prompt", ylabel="prompts", title="Samples per prompt (run)")
     fig.tight_layout()
     paths.append(os.path.join(out_dir, "samples_per_prompt.png"))

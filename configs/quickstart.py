@@ -4,6 +4,7 @@
   python launch/train.py --config configs/quickstart.py:smoke=True --workdir /tmp/smoke
   python launch/train.py --config configs/quickstart.py:allocator=uniform --workdir DIR
   python launch/train.py --config configs/quickstart.py:task=countdown --workdir DIR
+  python launch/train.py --config configs/quickstart.py:lora=True --workdir DIR  # adapters only
   python launch/train.py --config configs/quickstart.py --config.rl.lr=3e-4 --workdir DIR
   python launch/train.py --config configs/quickstart.py --config.mesh.data=2 \
       --config.mesh.fsdp=2 --config.mesh.tensor=2 --workdir DIR     # 8 devices: DP x FSDP x TP
@@ -24,7 +25,7 @@ from adaptive_rl.parallel import DEFAULT_RULES
 
 
 def get_config(arg: str = ""):
-  args = parse_arg(arg, smoke=False, allocator="uniform", task="arithmetic", seed=0)
+  args = parse_arg(arg, smoke=False, allocator="uniform", task="arithmetic", seed=0, lora=False)
   c = ml_collections.ConfigDict()
   c.seed = args.seed
   c.force = False  # resume a workdir whose recorded config differs from this one
@@ -38,7 +39,10 @@ def get_config(arg: str = ""):
     raise ValueError(f"unknown task {args.task!r}; valid: arithmetic, countdown")
   c.task = ml_collections.ConfigDict(c.task)
 
-  c.model = ml_collections.ConfigDict(dict(preset="nano", hf_path="", init_std=0.02))
+  # Any ModelConfig field overrides the preset; a 2-layer model on CPU runs its layers unrolled
+  # (no scan bookkeeping; compile time is no concern at this depth).
+  c.model = ml_collections.ConfigDict(dict(preset="nano", hf_path="", init_std=0.02,
+                                           scan_layers=False))
 
   c.sft = ml_collections.ConfigDict(dict(steps=600, batch_size=64, lr=3e-3, warmup_steps=20,
                                          weight_decay=0.0))
@@ -70,6 +74,15 @@ def get_config(arg: str = ""):
   # Logical axis (named by the model code) -> mesh axis, tuple of axes, or None (replicated).
   # A mesh axis that does not divide a dimension is dropped from it (that dimension replicated).
   c.logical_axis_rules = DEFAULT_RULES
+
+  # LoRA: train rank-r adapters (A [in, r], B [r, out], update (alpha / r) A B) on the param
+  # paths `targets` full-matches ("layers/wq", ..., "lm_head", "embed") and freeze the rest, in
+  # SFT and RL alike; the frozen base is the KL reference, and DIR/merged_hf gets base +
+  # adapters merged as a transformers checkpoint at the end. The (tied) embedding is adapted
+  # too: this random base's frozen 0.02-scale embeddings would cap its logits near +-1.
+  c.lora = ml_collections.ConfigDict(dict(
+      enabled=args.lora, rank=16, alpha=32.0,
+      targets=r"layers/(wq|wk|wv|wo|w_gate|w_up|w_down)|embed", param_dtype="float32"))
 
   if args.smoke:  # < 60 s end to end on a 2-core CPU
     c.task.train_size = 2000

@@ -3,6 +3,7 @@
   python launch/train.py --config configs/qwen2_5_0_5b_gsm8k.py:model=/ckpt/Qwen2.5-0.5B-Instruct,\
 train=/data/gsm8k/train.jsonl,test=/data/gsm8k/test.jsonl --workdir /runs/q05_gsm8k
   python launch/train.py --config configs/qwen2_5_0_5b_gsm8k.py:...,allocator=reinforce_ada ...
+  python launch/train.py --config configs/qwen2_5_0_5b_gsm8k.py:...,lora=True ...  # LoRA r=16
   # Same code path on a tiny random checkpoint (tests use this):
   python launch/train.py --config configs/qwen2_5_0_5b_gsm8k.py:smoke=True,model=DIR,train=FILE
 
@@ -21,7 +22,8 @@ from adaptive_rl.rl.config import parse_arg
 
 
 def get_config(arg: str = ""):
-  args = parse_arg(arg, model="", train="", test="", allocator="uniform", smoke=False, seed=0)
+  args = parse_arg(arg, model="", train="", test="", allocator="uniform", smoke=False, seed=0,
+                   lora=False)
   c = ml_collections.ConfigDict()
   c.seed = args.seed
   c.force = False
@@ -54,6 +56,14 @@ def get_config(arg: str = ""):
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, sequence=1,
                                           num_devices=0))
   c.logical_axis_rules = DEFAULT_RULES
+  # LoRA on every projection; the frozen base is the KL reference and DIR/merged_hf gets the
+  # merged model (+ tokenizer) at the end. LoRA's best lr is ~10x full fine-tuning's
+  # (Schulman et al., "LoRA Without Regret", 2025).
+  c.lora = ml_collections.ConfigDict(dict(
+      enabled=args.lora, rank=16, alpha=32.0,
+      targets=r"layers/(wq|wk|wv|wo|w_gate|w_up|w_down)", param_dtype="float32"))
+  if args.lora:
+    c.rl.lr = 1e-5
   if args.smoke:  # a tiny random checkpoint through the same code path, on a CPU
     c.task.test_size = 4
     c.task.prompt_length = 48

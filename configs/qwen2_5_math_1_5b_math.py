@@ -27,8 +27,9 @@ def _gsm8k_config():
 
 
 def get_config(arg: str = ""):
-  args = parse_arg(arg, model="", train="", test="", allocator="uniform", smoke=False, seed=0)
-  c = _gsm8k_config().get_config(arg)
+  args = parse_arg(arg, model="", train="", test="", allocator="uniform", smoke=False, seed=0,
+                   lora=False)
+  c = _gsm8k_config().get_config(arg)  # lora=True: the GSM8K config's LoRA settings
   c.task.question_key = "problem"
   c.task.answer_key = "solution"
   c.task.answer_format = "boxed"

@@ -44,8 +44,8 @@ def main(argv):
   data = trainer.test_data if _SPLIT.value == "test" else trainer.train_data
   host = trainer.host_score(data) if trainer.host_rewards else None
   try:
-    out = evaluate_k(trainer.model_cfg, state.params, trainer.task, data, k=_K.value,
-                     temperature=_TEMPERATURE.value, max_new_tokens=trainer.max_new,
+    out = evaluate_k(trainer.model_cfg, trainer.policy(state.params), trainer.task, data,
+                     k=_K.value, temperature=_TEMPERATURE.value, max_new_tokens=trainer.max_new,
                      batch_size=_BATCH.value, limit=_LIMIT.value, host_score=host)
   finally:
     trainer.close()

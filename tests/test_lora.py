@@ -1,5 +1,6 @@
-"""LoRA tests: identity at init, merge == W + s A B, parameter counts, adapter-only training,
-target selection, logical axes / sharding, merged HF export, config errors."""
+"""LoRA tests: identity at init, merge == W + s A B, the unmerged path (`adapted`) == the merged
+one (logits, log-probs, gradients), parameter counts, adapter-only training, target selection,
+logical axes / sharding, merged HF export, config errors."""
 
 import functools
 
@@ -50,6 +51,9 @@ def test_init_is_the_base_model(model):
   base_logits = _apply(cfg, params, tokens)
   lora_logits = _apply(cfg, lora.merge(params, lp, config), tokens)
   np.testing.assert_array_equal(np.asarray(lora_logits), np.asarray(base_logits))
+  # Unmerged (the trainer's policy): x W + s (x A) 0, exactly the base too.
+  unmerged_logits = _apply(cfg, lora.adapted(params, lp, config), tokens)
+  np.testing.assert_array_equal(np.asarray(unmerged_logits), np.asarray(base_logits))
 
 
 def test_merge_is_base_plus_scaled_product(model):
@@ -73,6 +77,39 @@ def test_merge_is_base_plus_scaled_product(model):
   # Untargeted params pass through untouched.
   assert merged["embed"] is params["embed"]
   assert merged["layers"]["attn_norm"] is params["layers"]["attn_norm"]
+
+
+@pytest.mark.parametrize("tie, scan", [(False, True), (True, False)])
+def test_unmerged_equals_merged_logits_logprobs_and_grads(tie, scan):
+  from adaptive_rl.rl.logprobs import completion_logprobs  # pylint: disable=import-outside-toplevel
+  cfg = models.ModelConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_layers=2,
+                           num_heads=4, num_kv_heads=2, tie_embeddings=tie, scan_layers=scan)
+  params = jax.jit(functools.partial(models.init, cfg, init_std=0.2))(jax.random.key(0))
+  head = "embed" if tie else "embed|lm_head"  # every adaptable matrix of this model
+  config = lora.LoraConfig(rank=3, alpha=6.0, targets=f"layers/({'|'.join(_ALL)})|{head}")
+  init = jax.jit(functools.partial(lora.init_lora, cfg, params, config))  # one compile
+  lp = _perturb_b(init(jax.random.key(1)), std=0.1)
+  tokens = _tokens(cfg.vocab_size, b=2, t=12, seed=3)
+  merged = _apply(cfg, lora.merge(params, lp, config), tokens)
+  unmerged = _apply(cfg, lora.adapted(params, lp, config), tokens)
+  np.testing.assert_allclose(np.asarray(unmerged), np.asarray(merged), rtol=1e-5, atol=1e-5)
+
+  # Log-probs of a completion (the target-logit shortcut reads the head's adapter) and their
+  # gradients with respect to the adapters agree too.
+  prompts, comps = jnp.asarray(tokens[:, :7]), jnp.asarray(tokens[:, 7:])
+  lens = jnp.array([5, 3])
+
+  def nll(lp, how, chunk):
+    p = lora.merge(params, lp, config) if how == "merged" else lora.adapted(params, lp, config)
+    out, _ = completion_logprobs(cfg, p, prompts, jnp.array([7, 6]), comps, lens,
+                                 chunk_size=chunk)
+    return -jnp.sum(jnp.where(jnp.arange(5)[None] < lens[:, None], out, 0.0))
+
+  grad = jax.jit(jax.value_and_grad(nll), static_argnums=(1, 2))
+  (l_m, g_m), (l_u, g_u) = grad(lp, "merged", 0), grad(lp, "unmerged", 2)
+  np.testing.assert_allclose(float(l_u), float(l_m), rtol=1e-5)
+  jax.tree.map(lambda u, m: np.testing.assert_allclose(u, m, rtol=1e-4, atol=1e-5), g_u, g_m)
+  assert all(np.abs(np.asarray(x)).max() > 0 for x in jax.tree.leaves(g_u))
 
 
 def test_trainable_count_is_rank_times_in_plus_out(model):

@@ -190,6 +190,58 @@ def test_remat_does_not_change_values_or_grads(nano, remat):
   jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6), g0, g1)
 
 
+@pytest.mark.parametrize("remat", ["none", "full"])
+def test_unrolled_layers_equal_scanned_values_grads_and_cache(nano, remat):
+  cfg, params = nano
+  unrolled = cfg.replace(scan_layers=False, remat=remat)
+  tokens = jnp.asarray(_tokens(cfg.vocab_size, b=2, t=10, seed=10))
+  full, _ = models.apply(cfg, params, tokens)
+  np.testing.assert_allclose(models.apply(unrolled, params, tokens)[0], full, atol=2e-5,
+                             rtol=2e-5)
+  # Pre-sliced layers (what the sampler passes) give the same as stacked ones.
+  np.testing.assert_allclose(models.apply(unrolled, models.unstack_layers(params), tokens)[0],
+                             full, atol=2e-5, rtol=2e-5)
+
+  def loss(p, c):
+    return jnp.mean(models.apply(c, p, tokens)[0] ** 2)
+
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6),
+               jax.grad(loss)(params, cfg), jax.grad(loss)(params, unrolled))
+  # Per-layer cache buffers: prefill + decode equal the full forward.
+  cache = models.init_cache(unrolled, 2, 16)
+  assert isinstance(cache.k, tuple) and len(cache.k) == cfg.num_layers
+  assert cache.k[0].shape == (2, cfg.num_kv_heads, 16, cfg.head_dim) and cache.max_len == 16
+  pos = jnp.broadcast_to(jnp.arange(10), (2, 10))
+  pre, cache = models.apply(unrolled, params, tokens[:, :6], pos[:, :6], cache=cache)
+  outs = [pre]
+  for i in range(6, 10):
+    step, cache = models.apply(unrolled, params, tokens[:, i:i + 1], pos[:, i:i + 1], cache=cache)
+    outs.append(step)
+  np.testing.assert_allclose(np.concatenate(outs, 1), full, atol=2e-5, rtol=2e-5)
+  with pytest.raises(ValueError, match="scan_layers"):
+    models.apply(cfg, params, tokens[:, :1], pos[:, :1], cache=models.init_cache(unrolled, 2, 16))
+
+
+def test_dot_product_attention_path_equals_einsums(nano):
+  # Packed segments and padding (the training layout) through jax.nn.dot_product_attention.
+  cfg, params = nano
+  fused = cfg.replace(attention="dot_product_attention")
+  tokens = jnp.asarray(_tokens(cfg.vocab_size, b=2, t=9, seed=11))
+  seg = jnp.asarray([[1, 1, 1, 2, 2, 2, 2, 0, 0], [0, 0, 1, 1, 1, 1, 1, 1, 1]])
+
+  def loss(p, c):
+    logits = models.apply(c, p, tokens, segment_ids_BT=seg)[0]
+    return jnp.sum(jnp.where(seg[..., None] != 0, logits, 0.0) ** 2), logits
+
+  (_, a), ga = jax.value_and_grad(loss, has_aux=True)(params, cfg)
+  (_, b), gb = jax.value_and_grad(loss, has_aux=True)(params, fused)
+  real = np.asarray(seg) != 0
+  np.testing.assert_allclose(np.asarray(b)[real], np.asarray(a)[real], atol=2e-5, rtol=2e-5)
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=5e-4, atol=1e-4), ga, gb)
+  with pytest.raises(ValueError, match="attention"):
+    cfg.replace(attention="flash")
+
+
 def test_bf16_compute_close_to_f32(nano):
   cfg, params = nano
   tokens = jnp.asarray(_tokens(cfg.vocab_size, b=2, t=6, seed=9))

@@ -219,3 +219,42 @@ def test_too_many_consecutive_nans_stop_with_a_checkpoint(tmp_path):
   ck = Checkpointer(str(tmp_path))
   assert ck.latest_step() == 2
   ck.close()
+
+
+def test_launch_with_unwritable_workdir_fails_naming_it(tmp_path):
+  (tmp_path / "file").write_text("x")  # a directory below a regular file: unwritable for root too
+  workdir = str(tmp_path / "file" / "run")
+  out = subprocess.run(
+      [sys.executable, os.path.join(ROOT, "launch", "train.py"), "--config",
+       os.path.join(ROOT, "configs", "quickstart.py") + ":smoke=True",
+       "--config.mesh.num_devices=1", "--workdir", workdir],
+      capture_output=True, text=True, timeout=300)
+  assert out.returncode == 2, out.stderr[-3000:]
+  assert f"workdir {workdir} is not writable" in out.stderr
+  assert "pass a writable --workdir" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_preemption_notice_checkpoints_then_a_damaged_latest_step_is_retrained(
+    finished, tmp_path, monkeypatch):
+  import shutil
+  from adaptive_rl.checkpoint import Checkpointer
+  _, _, full = finished
+  workdir = str(tmp_path)
+  # What jax's preemption sync manager reports on a multi-host TPU run that got a notice.
+  monkeypatch.setattr(Checkpointer, "reached_preemption", lambda self, step: step == 3)
+  with pytest.raises(Preempted, match="preemption notice: checkpointed step 3"):
+    Trainer(parse_config(_config()), workdir).run()
+  monkeypatch.undo()
+  ck = Checkpointer(workdir)
+  assert ck.all_steps() == [2, 3]
+  ck.close()
+  assert [json.loads(l)["step"] for l in open(os.path.join(workdir, "metrics.jsonl"))] == [1, 2, 3]
+  # Damage the newest checkpoint: the resume falls back to step 2 and trains 3 and 4 again.
+  shutil.rmtree(os.path.join(workdir, "checkpoints", "3", "state"))
+  resumed = Trainer(parse_config(_config()), workdir).run()
+  assert os.path.isdir(os.path.join(workdir, "checkpoints_unreadable", "3"))
+  steps = [json.loads(l)["step"] for l in open(os.path.join(workdir, "metrics.jsonl"))]
+  assert steps == [1, 2, 3, 4]  # rewritten after step 2, not duplicated
+  assert resumed["rollouts"] == full["rollouts"]
+  assert resumed["final_accuracy"] == full["final_accuracy"]
+  assert resumed["last_loss"] == pytest.approx(full["last_loss"], rel=1e-5, abs=1e-7)

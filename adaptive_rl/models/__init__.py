@@ -10,12 +10,16 @@ from adaptive_rl.models.config import ModelConfig
 from adaptive_rl.models.hf_io import config_from_hf, config_to_hf, from_hf, to_hf
 from adaptive_rl.models.presets import PRESETS, get_preset
 from adaptive_rl.models.transformer import (
+    AdaptedParams,
     KVCache,
     Params,
     apply,
+    embed_tokens,
     init,
     init_cache,
     param_axes,
     positions_from_mask,
+    split_adapted,
     unembed,
+    unstack_layers,
 )

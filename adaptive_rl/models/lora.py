@@ -4,7 +4,8 @@ Adapters live in their own pytree, shaped like the part of the base params they 
 
   lora = init_lora(cfg, params, LoraConfig(rank=16, alpha=32), rng)
   # lora == {"layers": {"wq": {"a": [L, D, r], "b": [L, r, H, Dh]}, ...}}
-  logits, _ = apply(cfg, merge(params, lora, config), tokens)
+  logits, _ = apply(cfg, adapted(params, lora, config), tokens)  # unmerged: x W + s (x A) B
+  logits, _ = apply(cfg, merge(params, lora, config), tokens)    # the same, W + s A B formed
 
 A weight W (stacked over layers where the base is) is read as a matrix [in_dims..., out_dims...]
 and adapted as W + (alpha / rank) * A @ B, with A [stack..., in_dims..., r] and B
@@ -12,8 +13,8 @@ and adapted as W + (alpha / rank) * A @ B, with A [stack..., in_dims..., r] and 
 the stacked arrays, so the merged tree still feeds `lax.scan`; keeping the in / out dims
 unflattened lets `lora_axes` reuse the base's logical axis names, so the mesh rules shard the
 adapters like the weights they adapt. B starts at zero, so the adapted model equals the base at
-init. Take gradients with respect to the adapter tree only: `merge` runs inside the loss and the
-base never receives an update.
+init. Take gradients with respect to the adapter tree only (of a loss over `adapted(...)`, which
+never forms a full-size weight or gradient); the base never receives an update.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import jax.numpy as jnp
 
 from adaptive_rl.models.config import ModelConfig
 from adaptive_rl.models.hf_io import to_hf
-from adaptive_rl.models.transformer import Params, param_axes
+from adaptive_rl.models.transformer import AdaptedParams, Params, param_axes
 
 DEFAULT_TARGETS = r"layers/(wq|wk|wv|wo|w_gate|w_up|w_down)"
 _DTYPE_NAMES = ("float32", "bfloat16", "float16")
@@ -223,6 +224,12 @@ def merge(base_params: Params, lora_params: Params, config: LoraConfig) -> Param
                        f"{w.shape}")
     flat[path] = (w.astype(jnp.float32) + config.scale * delta).astype(w.dtype)
   return _unflatten(flat)
+
+
+def adapted(base_params: Params, lora_params: Params, config: LoraConfig) -> AdaptedParams:
+  """The base with its adapters, for `apply` and everything that takes params: every adapted
+  matrix is read as x W + (alpha / rank) (x A) B, unmerged."""
+  return AdaptedParams(base_params, lora_params, config.scale)
 
 
 def count_params(tree: Any) -> int:

@@ -25,6 +25,34 @@ Params = dict[str, Any]
 _NEG_INF = -1e30
 
 
+@jax.tree_util.register_pytree_node_class
+class AdaptedParams:
+  """Frozen base params plus LoRA adapters (`models.lora.init_lora`), read unmerged.
+
+  Pass one wherever params go (`apply`, `unembed`, the sampler, log-probs): each adapted matrix
+  W is used as x W + scale (x A) B, so neither W + scale A B nor a full-size gradient is ever
+  formed, and gradients taken with respect to `adapters` leave the base untouched. `scale`
+  (alpha / rank) is static (pytree aux data).
+  """
+
+  def __init__(self, base: Params, adapters: Params, scale: float):
+    self.base, self.adapters, self.scale = base, adapters, scale
+
+  def tree_flatten(self):
+    return (self.base, self.adapters), self.scale
+
+  @classmethod
+  def tree_unflatten(cls, scale, children):
+    return cls(*children, scale)
+
+
+def split_adapted(params) -> tuple[Params, Params, float]:
+  """(base, adapters, scale) of `AdaptedParams`; (params, {}, 0.0) of plain params."""
+  if isinstance(params, AdaptedParams):
+    return params.base, params.adapters, params.scale
+  return params, {}, 0.0
+
+
 class KVCache(NamedTuple):
   """Decoding state: keys / values per layer for a static number of slots S.
 
@@ -32,23 +60,51 @@ class KVCache(NamedTuple):
   says where the next token goes; `valid` marks the slots that hold a real (non-pad) token.
   """
 
-  k: jax.Array  # [L, B, K, S, Dh]: the layout the score / value contractions read in place
-  v: jax.Array  # [L, B, K, S, Dh]
+  # [L, B, K, S, Dh] (the layout the score / value contractions read in place); with
+  # `scan_layers=False` a tuple of L per-layer [B, K, S, Dh] buffers, each updated in place.
+  k: jax.Array | tuple[jax.Array, ...]
+  v: jax.Array | tuple[jax.Array, ...]
   valid: jax.Array  # [B, S] bool
   index: jax.Array  # [] int32: number of slots written so far
 
   @property
   def max_len(self) -> int:
-    return self.k.shape[3]
+    return self.k[0].shape[2] if isinstance(self.k, tuple) else self.k.shape[3]
 
 
 def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype: Any = None) -> KVCache:
-  """An empty cache with `max_len` slots per sequence."""
+  """An empty cache with `max_len` slots per sequence (per-layer buffers when unrolled)."""
   dtype = dtype or cfg.compute_dtype
-  shape = (cfg.num_layers, batch, cfg.num_kv_heads, max_len, cfg.head_dim)
-  return KVCache(
-      k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype),
-      valid=jnp.zeros((batch, max_len), bool), index=jnp.zeros((), jnp.int32))
+  shape = (batch, cfg.num_kv_heads, max_len, cfg.head_dim)
+  if cfg.scan_layers:
+    k, v = (jnp.zeros((cfg.num_layers, *shape), dtype) for _ in range(2))  # two buffers
+  else:
+    k = tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers))
+    v = tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers))
+  return KVCache(k=k, v=v, valid=jnp.zeros((batch, max_len), bool),
+                 index=jnp.zeros((), jnp.int32))
+
+
+def _unstack(layers: Any) -> tuple[Any, ...]:
+  n = jax.tree.leaves(layers)[0].shape[0] if jax.tree.leaves(layers) else 0
+  return tuple(jax.tree.map(lambda w, i=i: w[i], layers) for i in range(n))
+
+
+def unstack_layers(params: Any) -> Any:
+  """`params` with "layers" as a tuple of L per-layer dicts (for `scan_layers=False`).
+
+  `apply` slices stacked weights per layer on every call; a caller that applies the model many
+  times with the same weights (the sampler's decode loop) unstacks once, outside its loop.
+  Works on plain params and on `AdaptedParams` (adapters unstacked alike).
+  """
+  if isinstance(params, AdaptedParams):
+    adapters = params.adapters
+    if "layers" in adapters and not isinstance(adapters["layers"], tuple):
+      adapters = {**adapters, "layers": _unstack(adapters["layers"])}
+    return AdaptedParams(unstack_layers(params.base), adapters, params.scale)
+  if isinstance(params["layers"], tuple):
+    return params
+  return {**params, "layers": _unstack(params["layers"])}
 
 
 def param_axes(cfg: ModelConfig) -> Params:
@@ -163,6 +219,29 @@ def _dense(x: jax.Array, w: jax.Array, n_in: int = 1) -> jax.Array:
   return y.reshape(*lead, *out)
 
 
+def _adapted_dense(x: jax.Array, w: jax.Array, ab: Params | None, scale: float,
+                   n_in: int = 1) -> jax.Array:
+  """`_dense(x, w)` plus, with an adapter `ab` = {"a", "b"}, the LoRA term scale (x A) B:
+  two rank-r matmuls beside the frozen one (W + scale A B is never formed)."""
+  y = _dense(x, w, n_in)
+  if ab is None:
+    return y
+  xa = _dense(x, ab["a"].astype(x.dtype), n_in)
+  return y + _dense(xa * jnp.asarray(scale, x.dtype), ab["b"].astype(x.dtype))
+
+
+def embed_tokens(params, tokens_BT: jax.Array) -> jax.Array:
+  """Embeddings of `tokens_BT` in the weights' dtype; an `embed` adapter adds scale A[t] B."""
+  base, adapters, scale = split_adapted(params)
+  # All-gather the fsdp-split embed dim first: XLA reshards a lookup's output only by copying.
+  x = jnp.take(constrain(base["embed"], ("vocab", None)), tokens_BT, axis=0)
+  if "embed" in adapters:  # rows of A, then @ B: (E + s A B)[t] in float32, as `merge` forms it
+    a, b = adapters["embed"]["a"], adapters["embed"]["b"]
+    delta = jnp.dot(jnp.take(a, tokens_BT, axis=0), b, preferred_element_type=jnp.float32)
+    x = (x.astype(jnp.float32) + scale * delta).astype(x.dtype)
+  return x
+
+
 def _attention(cfg: ModelConfig, q_BTHD, k_BKSD, v_BKSD, mask_BTS) -> jax.Array:
   b, t, _, dh = q_BTHD.shape
   kh = cfg.num_kv_heads
@@ -180,19 +259,24 @@ def _attention(cfg: ModelConfig, q_BTHD, k_BKSD, v_BKSD, mask_BTS) -> jax.Array:
   return out.reshape(b, t, cfg.num_heads, dh)
 
 
-def _block(cfg: ModelConfig, inv_freq, x_BTD, layer, positions_BT, mask_BTS, kv):
-  """One decoder block.
+def _block(cfg: ModelConfig, inv_freq, x_BTD, layer, positions_BT, mask_BTS, kv,
+           adapters: Params | None = None, scale: float = 0.0):
+  """One decoder block (`adapters`: this layer's LoRA adapters, by projection name).
 
-  `kv` is None (attend within the T tokens) or (k_all, v_all, layer_index, index): the stacked
-  cache [L, B, K, S, Dh], this layer's index in it and the slot of the first new token. The new
-  tokens' keys / values are written into the stacked cache first and the layer then attends to
-  its slice of it. Returns (x, (k_all, v_all)), the caches None without `kv`.
+  `kv` is None (attend within the T tokens) or (k, v, layer_index, index) with index the slot
+  of the first new token: either the stacked cache [L, B, K, S, Dh] and this layer's index in
+  it, or (layer_index None) this layer's own [B, K, S, Dh] buffers. The new tokens' keys /
+  values are written into the cache first and the layer then attends to (its slice of) it.
+  Returns (x, (k, v)) with the updated caches, (None, None) without `kv`.
   """
   dt = cfg.compute_dtype
+  adapters = adapters or {}
+  dense = lambda x, name, n_in=1: _adapted_dense(x, layer[name].astype(dt), adapters.get(name),
+                                                 scale, n_in)
   h = rms_norm(x_BTD, layer["attn_norm"], cfg.rms_norm_eps)
-  q = _dense(h, layer["wq"].astype(dt))
-  k = _dense(h, layer["wk"].astype(dt))
-  v = _dense(h, layer["wv"].astype(dt))
+  q = dense(h, "wq")
+  k = dense(h, "wk")
+  v = dense(h, "wv")
   if cfg.qkv_bias:
     q, k, v = q + layer["bq"].astype(dt), k + layer["bk"].astype(dt), v + layer["bv"].astype(dt)
   if cfg.qk_norm:
@@ -200,25 +284,36 @@ def _block(cfg: ModelConfig, inv_freq, x_BTD, layer, positions_BT, mask_BTS, kv)
     k = rms_norm(k, layer["k_norm"], cfg.rms_norm_eps)
   q = constrain(apply_rope(q, positions_BT, inv_freq), ("batch", "length", "heads", "head_dim"))
   k = constrain(apply_rope(k, positions_BT, inv_freq), ("batch", "length", "kv_heads", "head_dim"))
-  k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, K, T, Dh]
-  if kv is None:
-    keys, values, caches = k, v, (None, None)
+  if kv is None and cfg.attention == "dot_product_attention":
+    # One fused op (cuDNN flash attention on GPU where eligible) on [B, T, heads, Dh] as is.
+    attn = jax.nn.dot_product_attention(q, k, v, mask=mask_BTS[:, None],
+                                        scale=1.0 / math.sqrt(q.shape[-1]))
+    caches = (None, None)
   else:
-    k_all, v_all, i, index = kv
-    start = (i, 0, 0, index, 0)
-    k_all = jax.lax.dynamic_update_slice(k_all, k.astype(k_all.dtype)[None], start)
-    v_all = jax.lax.dynamic_update_slice(v_all, v.astype(v_all.dtype)[None], start)
-    keys = jax.lax.dynamic_index_in_dim(k_all, i, 0, keepdims=False).astype(dt)
-    values = jax.lax.dynamic_index_in_dim(v_all, i, 0, keepdims=False).astype(dt)
-    caches = (k_all, v_all)
-  attn = _attention(cfg, q, keys, values, mask_BTS)
-  x_BTD = x_BTD + _dense(attn, layer["wo"].astype(dt), n_in=2)
+    k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, K, T, Dh]
+    if kv is None:
+      keys, values, caches = k, v, (None, None)
+    else:
+      k_all, v_all, i, index = kv
+      if i is None:  # this layer's own buffers
+        k_all = jax.lax.dynamic_update_slice(k_all, k.astype(k_all.dtype), (0, 0, index, 0))
+        v_all = jax.lax.dynamic_update_slice(v_all, v.astype(v_all.dtype), (0, 0, index, 0))
+        keys, values = k_all.astype(dt), v_all.astype(dt)
+      else:
+        start = (i, 0, 0, index, 0)
+        k_all = jax.lax.dynamic_update_slice(k_all, k.astype(k_all.dtype)[None], start)
+        v_all = jax.lax.dynamic_update_slice(v_all, v.astype(v_all.dtype)[None], start)
+        keys = jax.lax.dynamic_index_in_dim(k_all, i, 0, keepdims=False).astype(dt)
+        values = jax.lax.dynamic_index_in_dim(v_all, i, 0, keepdims=False).astype(dt)
+      caches = (k_all, v_all)
+    attn = _attention(cfg, q, keys, values, mask_BTS)
+  x_BTD = x_BTD + dense(attn, "wo", n_in=2)
   x_BTD = constrain(x_BTD, ("batch", "length", "embed"))
   h = rms_norm(x_BTD, layer["mlp_norm"], cfg.rms_norm_eps)
-  gate = _dense(h, layer["w_gate"].astype(dt))
-  up = _dense(h, layer["w_up"].astype(dt))
+  gate = dense(h, "w_gate")
+  up = dense(h, "w_up")
   mlp = constrain(jax.nn.silu(gate) * up, ("batch", "length", "mlp"))
-  x_BTD = x_BTD + _dense(mlp, layer["w_down"].astype(dt))
+  x_BTD = x_BTD + dense(mlp, "w_down")
   return constrain(x_BTD, ("batch", "length", "embed")), caches
 
 
@@ -237,7 +332,8 @@ def apply(cfg: ModelConfig, params: Params, tokens_BT: jax.Array,
 
   Args:
     cfg: the model's static config.
-    params: parameters from `init` / `from_hf`.
+    params: parameters from `init` / `from_hf`, or `AdaptedParams` (base + LoRA adapters,
+      applied unmerged).
     tokens_BT: int32 token ids [B, T].
     positions_BT: RoPE positions; default `positions_from_mask(segment_ids != 0)`.
     cache: a `KVCache`; when given, the T tokens are written at slots [index, index + T) and
@@ -261,9 +357,9 @@ def apply(cfg: ModelConfig, params: Params, tokens_BT: jax.Array,
     if cache is not None:
       raise ValueError("apply: positions are required with a cache (they continue the prefix)")
   dt = cfg.compute_dtype
+  base, adapters, scale = split_adapted(params)
   if input_embeds_BTD is None:
-    # All-gather the fsdp-split embed dim first: XLA reshards a lookup's output only by copying.
-    input_embeds_BTD = jnp.take(constrain(params["embed"], ("vocab", None)), tokens_BT, axis=0)
+    input_embeds_BTD = embed_tokens(params, tokens_BT)
   x = input_embeds_BTD.astype(dt)
   x = constrain(x, ("batch", "length", "embed"))
   inv_freq = rope_inv_freq(cfg)
@@ -280,42 +376,63 @@ def apply(cfg: ModelConfig, params: Params, tokens_BT: jax.Array,
     causal = jnp.arange(s)[None, :] <= slot_q[:, None]  # [T, S]
     mask = causal[None] & valid[:, None, :]
 
-  kv = None if cache is None else (cache.k, cache.v)
+  stacked = not isinstance(base["layers"], tuple)
+  per_layer_cache = cache is not None and isinstance(cache.k, tuple)
+  if cfg.scan_layers and (not stacked or per_layer_cache):
+    raise ValueError("apply: unstacked layers / per-layer caches need scan_layers=False")
+  if not cfg.scan_layers and cache is not None and not per_layer_cache:
+    raise ValueError("apply: with scan_layers=False the cache must be init_cache's per-layer "
+                     "tuple")
 
-  def body(carry, layer):
+  def body(carry, layer_and_adapters):
     x, i, kv = carry
+    layer, layer_adapters = layer_and_adapters
     x, kv = _block(cfg, inv_freq, x, layer, positions_BT, mask,
-                   None if kv is None else (*kv, i, cache.index))
-    return (x, i + 1, None if cache is None else kv), None
+                   None if kv is None else (*kv, i, cache.index), layer_adapters, scale)
+    return (x, None if i is None else i + 1, None if cache is None else kv), None
 
   if cfg.remat != "none" and cache is None:
     body = jax.checkpoint(body, policy=_REMAT_POLICIES[cfg.remat], prevent_cse=False)
-  # The stacked cache rides in the carry and each layer writes only its T new slots
-  # (dynamic_update_slice on a loop-carried buffer is done in place), instead of the cache
-  # flowing through as scan input and output, which rewrites every slot of every layer.
-  carry = (x, jnp.zeros((), jnp.int32), kv)
+  adapter_layers = adapters.get("layers", {})  # adapters are stacked on `layers` too
   if cfg.scan_layers:
-    carry, _ = jax.lax.scan(body, carry, params["layers"])
-  else:  # unrolled: no stacked residuals / slices of the loop; longer compiles for deep models
+    # The stacked cache rides in the carry and each layer writes only its T new slots
+    # (dynamic_update_slice on a loop-carried buffer is done in place), instead of the cache
+    # flowing through as scan input and output, which rewrites every slot of every layer.
+    kv = None if cache is None else (cache.k, cache.v)
+    (x, _, kv), _ = jax.lax.scan(body, (x, jnp.zeros((), jnp.int32), kv),
+                                 (base["layers"], adapter_layers))
+    new_k, new_v = (None, None) if kv is None else kv
+  else:  # unrolled: no stacked residuals or per-step slices; compile time grows with depth
+    layers = base["layers"] if not stacked else _unstack(base["layers"])
+    if adapter_layers and not isinstance(adapter_layers, tuple):
+      adapter_layers = _unstack(adapter_layers)
+    new_k, new_v = [], []
     for i in range(cfg.num_layers):
-      layer = jax.tree.map(lambda w, i=i: w[i], params["layers"])
-      carry, _ = body((carry[0], jnp.int32(i), carry[2]), layer)
-  x, _, kv = carry
-  new_cache = None if cache is None else KVCache(k=kv[0], v=kv[1], valid=valid,
+      kv = None if cache is None else (cache.k[i], cache.v[i])
+      (x, _, kv), _ = body((x, None, kv),
+                           (layers[i], adapter_layers[i] if adapter_layers else {}))
+      if cache is not None:
+        new_k.append(kv[0])
+        new_v.append(kv[1])
+    new_k, new_v = tuple(new_k), tuple(new_v)
+  new_cache = None if cache is None else KVCache(k=new_k, v=new_v, valid=valid,
                                                  index=cache.index + t)
-  x = rms_norm(x, params["final_norm"], cfg.rms_norm_eps)
+  x = rms_norm(x, base["final_norm"], cfg.rms_norm_eps)
   if return_hidden:
     return x, new_cache
   return unembed(cfg, params, x), new_cache
 
 
 def unembed(cfg: ModelConfig, params: Params, hidden: jax.Array) -> jax.Array:
-  """Projects hidden states [..., D] to float32 logits [..., V]."""
+  """Projects hidden states [..., D] to float32 logits [..., V] (one 2-D matmul, see `_dense`)."""
   dt = cfg.compute_dtype
-  if cfg.tie_embeddings:
-    w = params["embed"].astype(dt)
-    logits = jnp.einsum("...d,vd->...v", hidden.astype(dt), w, preferred_element_type=jnp.float32)
-  else:
-    w = params["lm_head"].astype(dt)
-    logits = jnp.einsum("...d,dv->...v", hidden.astype(dt), w, preferred_element_type=jnp.float32)
-  return logits
+  params, adapters, scale = split_adapted(params)
+  w = params["embed"].astype(dt).T if cfg.tie_embeddings else params["lm_head"].astype(dt)
+  h = hidden.astype(dt)
+  logits = jnp.dot(h.reshape(-1, h.shape[-1]), w, preferred_element_type=jnp.float32)
+  ab = adapters.get("embed" if cfg.tie_embeddings else "lm_head")
+  if ab is not None:  # + s (h A) B; the tied head reads the embed adapter transposed: s (h B^T) A^T
+    a, b = (ab["b"].T, ab["a"].T) if cfg.tie_embeddings else (ab["a"], ab["b"])
+    hr = jnp.dot(h.reshape(-1, h.shape[-1]), a.astype(dt)) * jnp.asarray(scale, dt)
+    logits = logits + jnp.dot(hr, b.astype(dt), preferred_element_type=jnp.float32)
+  return logits.reshape(*h.shape[:-1], w.shape[-1])

@@ -15,6 +15,7 @@ import dataclasses
 import difflib
 from typing import Any
 
+from adaptive_rl.models.lora import DEFAULT_TARGETS, LoraConfig
 from adaptive_rl.parallel import DEFAULT_RULES, LOGICAL_AXES, MeshConfig, normalize_rules
 from adaptive_rl.rl.losses import LossConfig
 from adaptive_rl.rl.step import StepConfig
@@ -33,6 +34,37 @@ class ModelSection:
   hf_path: str = ""
   overrides: tuple[tuple[str, Any], ...] = ()
   init_std: float = 0.02
+
+
+@dataclasses.dataclass(frozen=True)
+class LoraSection:
+  """LoRA: train low-rank adapters on a frozen base instead of every weight.
+
+  Attributes:
+    enabled: off = full fine-tuning.
+    rank, alpha, targets, param_dtype: see `models.lora.LoraConfig` (targets: a regex
+      full-matched against param paths such as "layers/wq", "lm_head", "embed").
+  """
+
+  enabled: bool = False
+  rank: int = LoraConfig.rank
+  alpha: float = LoraConfig.alpha
+  targets: str = DEFAULT_TARGETS
+  param_dtype: str = LoraConfig.param_dtype
+
+  def __post_init__(self):
+    if not isinstance(self.enabled, bool):
+      raise ConfigError(f"lora.enabled must be a bool, got {self.enabled!r}")
+    self.config()  # validates the other fields
+
+  def config(self) -> LoraConfig | None:
+    """The adapters' settings, or None when LoRA is off."""
+    try:
+      config = LoraConfig(rank=self.rank, alpha=self.alpha, targets=self.targets,
+                          param_dtype=self.param_dtype)
+    except ValueError as e:
+      raise ConfigError(f"config.lora: {e}") from None
+    return config if self.enabled else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -254,6 +286,7 @@ class RunConfig:
   mesh: MeshSection
   logical_axis_rules: tuple  # ((logical name, mesh axes), ...), see parallel.DEFAULT_RULES
   raw: dict[str, Any]  # the whole config as a plain dict, recorded in the workdir
+  lora: LoraSection = LoraSection()
 
 
 def _suggest(key: str, valid) -> str:
@@ -276,7 +309,7 @@ def _section(cls, values: dict[str, Any], name: str):
 
 
 _TOP = ("seed", "task", "model", "sft", "rl", "allocator", "reward", "eval", "checkpoint", "log",
-        "mesh", "logical_axis_rules", "force")
+        "mesh", "logical_axis_rules", "lora", "force")
 
 def parse_arg(arg: str, **defaults):
   """The `get_config(arg)` string of a config file: 'a=1,b=x' -> ConfigDict with typed defaults.
@@ -353,4 +386,5 @@ def parse_config(config) -> RunConfig:
       log=_section(LogConfig, _mapping(raw, "log"), "log"),
       mesh=_section(MeshSection, _mapping(raw, "mesh"), "mesh"),
       logical_axis_rules=_parse_rules(raw.get("logical_axis_rules", DEFAULT_RULES)),
-      raw=raw)
+      raw=raw,
+      lora=_section(LoraSection, _mapping(raw, "lora"), "lora"))

@@ -11,7 +11,15 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from adaptive_rl.models import ModelConfig, Params, apply, positions_from_mask, unembed
+from adaptive_rl.models import (
+    ModelConfig,
+    Params,
+    apply,
+    embed_tokens,
+    positions_from_mask,
+    split_adapted,
+    unembed,
+)
 
 
 def sequence_mask(prompt_lengths_B: jax.Array, completion_lengths_B: jax.Array, prompt_len: int,
@@ -92,12 +100,24 @@ def _target_logits(model_cfg: ModelConfig, params: Params, h: jax.Array,
                    targets: jax.Array) -> jax.Array:
   """float32 logits of `targets` [...] from hidden states h [..., D] (== unembed(h)[targets])."""
   dt = model_cfg.compute_dtype
+  params, adapters, scale = split_adapted(params)
   if model_cfg.tie_embeddings:
     w = jnp.take(params["embed"], targets, axis=0)
   else:
     w = jnp.moveaxis(jnp.take(params["lm_head"], targets, axis=1), 0, -1)
-  return jnp.einsum("...d,...d->...", h.astype(dt), w.astype(dt),
-                    preferred_element_type=jnp.float32)
+  out = jnp.einsum("...d,...d->...", h.astype(dt), w.astype(dt),
+                   preferred_element_type=jnp.float32)
+  ab = adapters.get("embed" if model_cfg.tie_embeddings else "lm_head")
+  if ab is not None:  # + s h . (A B)[:, target]: h's rank-r projection . the target's r-vector
+    if model_cfg.tie_embeddings:  # (E + s A B)[t] . h = E[t] . h + s A[t] . (B h)
+      hr = jnp.einsum("...d,rd->...r", h.astype(dt), ab["b"].astype(dt))
+      wr = jnp.take(ab["a"], targets, axis=0)
+    else:  # (W + s A B)[:, t] . h = W[:, t] . h + s (h A) . B[:, t]
+      hr = jnp.einsum("...d,dr->...r", h.astype(dt), ab["a"].astype(dt))
+      wr = jnp.moveaxis(jnp.take(ab["b"], targets, axis=1), 0, -1)
+    out = out + scale * jnp.einsum("...r,...r->...", hr, wr.astype(dt),
+                                   preferred_element_type=jnp.float32)
+  return out
 
 
 def embedding_grad_norms(model_cfg: ModelConfig, params: Params, prompts_BP: jax.Array,
@@ -109,7 +129,7 @@ def embedding_grad_norms(model_cfg: ModelConfig, params: Params, prompts_BP: jax
   gradient with respect to its embedded tokens.
   """
   tokens = jnp.concatenate([prompts_BP, completions_BN], axis=1)
-  embeds = jnp.take(params["embed"], tokens, axis=0).astype(jnp.float32)
+  embeds = embed_tokens(params, tokens).astype(jnp.float32)
   mask = jnp.arange(completions_BN.shape[1])[None] < completion_lengths_B[:, None]
 
   def nll(e):

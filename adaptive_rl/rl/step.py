@@ -12,6 +12,7 @@ Both are pure functions of static settings and pytrees, jitted once per run by t
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -20,7 +21,7 @@ import optax
 
 from adaptive_rl.allocation.metrics import efficiency_metrics
 from adaptive_rl.allocation.roles import Allocator, Plan, PoolView, prompt_stats
-from adaptive_rl.models import ModelConfig
+from adaptive_rl.models import AdaptedParams, ModelConfig
 from adaptive_rl.rl.logprobs import completion_logprobs, embedding_grad_norms
 from adaptive_rl.rl.losses import LossConfig, aggregate, policy_loss
 from adaptive_rl.rl.train_state import TrainState
@@ -123,7 +124,11 @@ def make_round_fns(model_cfg: ModelConfig, sampler_cfg: SamplerConfig, allocator
     rows = ids[plan.slot_prompt]
     prompts = data["prompts"][rows]
     prompt_lengths = data["prompt_lengths"][rows]
-    out = sample(model_cfg, sampler_cfg, params, prompts, prompt_lengths, rng)
+    if ids.shape[0] < s:  # fewer chosen prompts than slots: prefill each prompt once
+      out = sample(model_cfg, sampler_cfg, params, data["prompts"][ids],
+                   data["prompt_lengths"][ids], rng, prompt_index=plan.slot_prompt)
+    else:
+      out = sample(model_cfg, sampler_cfg, params, prompts, prompt_lengths, rng)
     if reward_fn is None:
       rewards = jnp.zeros((s,), jnp.float32)
     else:
@@ -155,14 +160,24 @@ def _tree_where(pred, a, b):
 
 
 def make_train_step(model_cfg: ModelConfig, cfg: StepConfig, allocator: Allocator,
-                    tx: optax.GradientTransformation) -> Callable:
-  """train_step(state, pool, ids, rounds_used, reward_failures) -> (state, metrics, samples per
-  prompt [B]). `reward_failures` counts host reward calls that raised or timed out this step.
+                    tx: optax.GradientTransformation, lora_scale: float | None = None
+                    ) -> Callable:
+  """train_step(state, pool, ids, rounds_used, reward_failures[, base]) -> (state, metrics,
+  samples per prompt [B]). `reward_failures` counts host reward calls that raised or timed out
+  this step.
+
+  With `lora_scale` (LoRA), `state.params` are the adapters and `base` the frozen base params
+  (an argument, never part of the donated state): the policy is `AdaptedParams(base, adapters,
+  lora_scale)`, gradients and optimizer state are the adapters' only, and the KL reference is
+  the base itself (no reference copy).
 
   Metrics hold this step's figures plus the cumulative counters under "total/".
   """
   loss_cfg = cfg.loss
   group_role = allocator.group
+
+  def policy(trainable, base):
+    return trainable if lora_scale is None else AdaptedParams(base, trainable, lora_scale)
 
   def logprobs(params, b, with_entropy):
     return completion_logprobs(model_cfg, params, b["prompts"], b["prompt_lengths"],
@@ -175,15 +190,15 @@ def make_train_step(model_cfg: ModelConfig, cfg: StepConfig, allocator: Allocato
       return jnp.sum(mask)
     return jnp.sum(jnp.any(mask, axis=-1))
 
-  def micro_loss(params, b):
-    lp, ent = logprobs(params, b, cfg.compute_entropy)
+  def micro_loss(params, base, b):
+    lp, ent = logprobs(policy(params, base), b, cfg.compute_entropy)
     loss, m = policy_loss(loss_cfg, lp, b["old_logp"], b.get("ref_logp"), b["advantages"],
                           b["mask"], ent)
     if cfg.inject_nan_step:
       loss = loss * jnp.where(b["poison"][0], jnp.nan, 1.0)
     return loss, m
 
-  def minibatch_update(carry, mb):
+  def minibatch_update(base, carry, mb):
     params, opt_state = carry
     k = cfg.micro_batches
     micro = jax.tree.map(lambda x: x.reshape(k, x.shape[0] // k, *x.shape[1:]), mb)
@@ -191,7 +206,7 @@ def make_train_step(model_cfg: ModelConfig, cfg: StepConfig, allocator: Allocato
 
     def accumulate(acc, m):
       w = weight_of(m["mask"]).astype(jnp.float32) / total_w
-      (loss, metrics), grads = jax.value_and_grad(micro_loss, has_aux=True)(params, m)
+      (loss, metrics), grads = jax.value_and_grad(micro_loss, has_aux=True)(params, base, m)
       acc_g, acc_m = acc
       acc_g = jax.tree.map(lambda a, g: a + w * g, acc_g, grads)
       acc_m = jax.tree.map(lambda a, v: a + w * v, acc_m, metrics)
@@ -199,7 +214,7 @@ def make_train_step(model_cfg: ModelConfig, cfg: StepConfig, allocator: Allocato
 
     zeros_g = jax.tree.map(jnp.zeros_like, params)
     zeros_m = jax.tree.map(lambda x: jnp.zeros((), jnp.float32),
-                           jax.eval_shape(lambda: micro_loss(params, jax.tree.map(
+                           jax.eval_shape(lambda: micro_loss(params, base, jax.tree.map(
                                lambda x: x[0], micro))[1]))
     (grads, metrics), _ = jax.lax.scan(accumulate, (zeros_g, zeros_m), micro)
     grad_norm = optax.global_norm(grads)
@@ -212,7 +227,7 @@ def make_train_step(model_cfg: ModelConfig, cfg: StepConfig, allocator: Allocato
     return (params, opt_state), metrics
 
   def train_step(state: TrainState, pool: Pool, ids: jax.Array, rounds_used: jax.Array,
-                 reward_failures: jax.Array):
+                 reward_failures: jax.Array, base: Any = None):
     view = pool.view()
     groups = group_role.form(view)
     rows = groups.index
@@ -228,11 +243,12 @@ def make_train_step(model_cfg: ModelConfig, cfg: StepConfig, allocator: Allocato
       row_ok = row_ok & ~pool.truncated[rows]
     b["mask"] = token_ok & row_ok[:, None]
     if cfg.recompute_old_logp:
-      b["old_logp"] = jax.lax.stop_gradient(logprobs(state.params, b, False)[0])
+      b["old_logp"] = jax.lax.stop_gradient(logprobs(policy(state.params, base), b, False)[0])
     else:
       b["old_logp"] = pool.logp[rows]
     if cfg.needs_ref:
-      b["ref_logp"] = jax.lax.stop_gradient(logprobs(state.ref_params, b, False)[0])
+      ref = state.ref_params if lora_scale is None else base  # LoRA: the frozen base
+      b["ref_logp"] = jax.lax.stop_gradient(logprobs(ref, b, False)[0])
 
     t = rows.shape[0]
     mbs = cfg.mini_batches
@@ -247,14 +263,14 @@ def make_train_step(model_cfg: ModelConfig, cfg: StepConfig, allocator: Allocato
     keys = jax.random.split(perm_key, cfg.ppo_epochs)
     batches = jax.vmap(epoch_batches)(keys)
     batches = jax.tree.map(lambda x: x.reshape(cfg.ppo_epochs * mbs, *x.shape[2:]), batches)
-    (params, opt_state), upd = jax.lax.scan(minibatch_update, (state.params, state.opt_state),
-                                            batches)
+    (params, opt_state), upd = jax.lax.scan(functools.partial(minibatch_update, base),
+                                            (state.params, state.opt_state), batches)
 
     # Allocator state update, fused into the step.
     grad_norms = None
     if allocator.needs_grad_norms:  # GVM's G: gradients wrt embeddings, pre-update policy
-      grad_norms = embedding_grad_norms(model_cfg, state.params, pool.prompts, pool.prompt_lengths,
-                                        pool.completions, pool.lengths,
+      grad_norms = embedding_grad_norms(model_cfg, policy(state.params, base), pool.prompts,
+                                        pool.prompt_lengths, pool.completions, pool.lengths,
                                         chunk_size=cfg.logprob_chunk)
     completion_hash = None
     if allocator.needs_diversity:

@@ -17,12 +17,18 @@ class TrainState:
 
   Attributes:
     step: RL steps completed.
-    params: policy params.
-    opt_state: optax state.
-    ref_params: frozen reference params for the KL term (None when unused).
+    params: the trained params: the whole policy, or with LoRA only its adapters (the frozen base
+      is held by the trainer and passed to the step beside the state).
+    opt_state: optax state (of `params` only).
+    ref_params: frozen reference params for the KL term (None when unused, and with LoRA, whose
+      reference is the frozen base).
     alloc: allocator state (per-prompt arrays sized for the whole dataset).
     rng: the run's PRNG key, split each step.
     counters: cumulative run counters (rollouts, tokens, skipped updates, ...).
+    sft_adapters: LoRA runs: the adapters merged into the frozen base once before RL (the SFT
+      warm start's; B = 0 ones, an exact no-op, without SFT), kept (adapter-sized) so a resume
+      rebuilds the base as the model's init / HF weights + these without checkpointing the
+      base. None without LoRA.
   """
 
   step: jax.Array
@@ -32,6 +38,7 @@ class TrainState:
   alloc: Any
   rng: jax.Array
   counters: dict[str, jax.Array]
+  sft_adapters: Any = None
 
 
 COUNTERS = ("rollouts", "tokens_generated", "nan_skips", "consecutive_nan_skips",

@@ -30,6 +30,7 @@ import dataclasses
 import functools
 import json
 import os
+import shutil
 import signal
 import time
 from typing import Any
@@ -73,6 +74,9 @@ from adaptive_rl.tasks.builtin import make_task
 # KV cache's axes, every one of these needs a rule.
 _ACTIVATION_AXES = ("batch", "length", "embed", "heads", "kv_heads", "head_dim", "mlp")
 _MIB = 1024 ** 2
+# Copied from an HF base into a LoRA run's merged export, so the directory loads as is.
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                    "vocab.json", "merges.txt", "tokenizer.model", "generation_config.json")
 
 
 class _InRules:
@@ -107,11 +111,36 @@ def _fetch(tree):
 
 
 class Preempted(RuntimeError):
-  """Raised after a SIGTERM / SIGINT once the checkpoint is written."""
+  """Raised after a SIGTERM / SIGINT (or a multi-host preemption notice) once the checkpoint is
+  written."""
 
 
 class NumericalFailure(RuntimeError):
   """Too many consecutive non-finite updates."""
+
+
+class WorkdirError(ConfigError):
+  """The workdir cannot be used for outputs (not a directory, or not writable)."""
+
+
+def check_workdir_writable(workdir: str) -> None:
+  """Creates `workdir` if needed and proves it writable with a probe file.
+
+  Raises `WorkdirError` naming the path and the cause, at launch, rather than a traceback from
+  deep inside Orbax or a metrics writer at the first save.
+  """
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise WorkdirError(f"workdir {workdir} exists and is not a directory; pass a new or "
+                       f"existing directory as --workdir")
+  probe = os.path.join(workdir, f".write_probe.{jax.process_index()}.{os.getpid()}")
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    with open(probe, "w") as f:
+      f.write("ok")
+    os.remove(probe)
+  except OSError as e:
+    raise WorkdirError(f"workdir {workdir} is not writable: {type(e).__name__}: {e}; pass a "
+                       f"writable --workdir") from None
 
 
 def resolve_reward_fn(spec: str, task) -> Any:
@@ -148,10 +177,18 @@ class Trainer:
     if self.tokenizer.vocab_size > self.model_cfg.vocab_size:
       raise ConfigError(f"tokenizer vocabulary {self.tokenizer.vocab_size} exceeds the model's "
                         f"vocab_size {self.model_cfg.vocab_size}")
+    self.lora_cfg = run.lora.config()  # None: full fine-tuning
+    self.lora_axes = None
+    if self.lora_cfg is not None:
+      try:
+        self.lora_axes = models.lora.lora_axes(self.model_cfg, self.lora_cfg)
+      except ValueError as e:
+        raise ConfigError(f"config.lora.targets: {e}") from None
     try:
       self.rules = validate_rules(
           run.logical_axis_rules,
-          (models.param_axes(self.model_cfg), _ACTIVATION_AXES, tuple(KV_CACHE_AXES.values())),
+          (models.param_axes(self.model_cfg), _ACTIVATION_AXES, tuple(KV_CACHE_AXES.values()),
+           self.lora_axes or {}),
           self.mesh)
     except ValueError as e:
       raise ConfigError(f"config.logical_axis_rules: {e}") from None
@@ -186,6 +223,7 @@ class Trainer:
                                  for k in ("prompts", "prompt_lengths", "targets")})
     self._build_fns()
     self._stop_signal: int | None = None
+    self._preemption_notice = False  # the stop came from the preemption sync point
     self.state: TrainState | None = None  # the final state after `run()`
 
   # --- construction --------------------------------------------------------------------------
@@ -228,7 +266,8 @@ class Trainer:
         completion_len=self.max_new, mesh=self.mesh, rules=self.rules,
         logprob_chunk=rl.logprob_chunk, micro_batches=rl.micro_batches,
         ref_params=self.step_cfg.needs_ref, sample_batch=self.allocator.budget.num_slots,
-        sample_len=seq)
+        sample_len=seq, lora=self.lora_cfg is not None,
+        lora_rank=self.lora_cfg.rank if self.lora_cfg else 16)
     try:  # device_memory_bytes() is None on CPU, where the check is skipped
       check_memory(est, device_memory_bytes())
     except MemoryEstimateError as e:
@@ -240,10 +279,24 @@ class Trainer:
     self.repl = replicated(mesh)
     abstract_params = jax.eval_shape(functools.partial(models.init, self.model_cfg),
                                      jax.random.PRNGKey(0))
+    self.abstract_params = abstract_params
     self.param_sh = param_shardings(mesh, models.param_axes(self.model_cfg), self.rules,
                                     abstract_params)
-    abstract = jax.eval_shape(self._make_state, abstract_params)
-    self.state_sh = state_shardings(abstract, abstract_params, self.param_sh, mesh)
+    # What the optimizer trains: the params, or with LoRA the adapters (the base then rides
+    # beside the state as a non-donated argument, sharded like the params: `base_sh`).
+    self.base_sh, self.policy_sh = None, self.param_sh
+    abstract_trained, self.trained_sh = abstract_params, self.param_sh
+    if self.lora_cfg is not None:
+      abstract_trained = jax.eval_shape(functools.partial(
+          models.lora.init_lora, self.model_cfg, abstract_params, self.lora_cfg),
+          jax.random.PRNGKey(0))
+      self.trained_sh = param_shardings(mesh, self.lora_axes, self.rules, abstract_trained)
+      self.base_sh = self.param_sh
+      self.policy_sh = models.AdaptedParams(self.param_sh, self.trained_sh, self.lora_cfg.scale)
+    self.abstract_trained = abstract_trained
+    sft_adapters = abstract_trained if self.lora_cfg is not None else None
+    abstract = jax.eval_shape(self._make_state, abstract_trained, sft_adapters)
+    self.state_sh = state_shardings(abstract, abstract_trained, self.trained_sh, mesh)
     self.abstract_state = jax.tree.map(
         lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh), abstract,
         self.state_sh)
@@ -304,7 +357,8 @@ class Trainer:
         self.model_cfg, self.sampler_cfg, self.allocator, None if host else self.task.reward)
     # (params, pool, round_state, budget_state, ids, data, round_idx, rng) -> (pool, plan)
     self._sample_round = self._jit(
-        sample_round, in_shardings=(self.param_sh, pool_sh, repl, repl, repl, data_sh, repl, repl),
+        sample_round,
+        in_shardings=(self.policy_sh, pool_sh, repl, repl, repl, data_sh, repl, repl),
         out_shardings=(pool_sh, repl), donate_argnums=(1,))
     # (pool, round_state, plan, round_idx, host_rewards) -> (pool, round_state, done)
     self._finish_round = self._jit(
@@ -316,11 +370,18 @@ class Trainer:
       r = self.run_cfg.reward
       self._host_runner = HostRewardRunner(resolve_reward_fn(r.fn, self.task),
                                            timeout_s=r.timeout_s, max_workers=r.workers)
-    # (state, pool, ids, rounds_used, reward_failures) -> (state, metrics, samples per prompt)
+    # (state, pool, ids, rounds_used, reward_failures[, base]) -> (state, metrics, samples per
+    # prompt); with LoRA the frozen base is a sixth argument, read in place (never donated).
+    lora = self.lora_cfg
     self._train_step = self._jit(
-        make_train_step(self.model_cfg, self.step_cfg, self.allocator, self.tx),
-        in_shardings=(state_sh, pool_sh, repl, repl, repl), out_shardings=(state_sh, repl, repl),
-        donate_argnums=(0,))
+        make_train_step(self.model_cfg, self.step_cfg, self.allocator, self.tx,
+                        lora_scale=lora.scale if lora else None),
+        in_shardings=(state_sh, pool_sh, repl, repl, repl) + ((self.base_sh,) if lora else ()),
+        out_shardings=(state_sh, repl, repl), donate_argnums=(0,))
+    if lora:  # base + adapters, written into the base's buffers (a one-off: post-SFT, resume)
+      self._merge = self._jit(functools.partial(models.lora.merge, config=lora),
+                              in_shardings=(self.param_sh, self.trained_sh),
+                              out_shardings=self.param_sh, donate_argnums=(0,))
     p = self.train_data.prompts.shape[1]
     allocator = self.allocator
     pool_rows = allocator.pool_rows
@@ -335,8 +396,8 @@ class Trainer:
     self._begin = self._jit(begin, in_shardings=(state_sh,),
                             out_shardings=(state_sh, repl, repl, pool_sh, repl),
                             donate_argnums=(0,))
-    self._make_state_fn = self._jit(self._make_state, in_shardings=(self.param_sh,),
-                                    out_shardings=state_sh)
+    self._make_state_fn = self._jit(self._make_state, in_shardings=(
+        self.trained_sh, self.trained_sh if lora else None), out_shardings=state_sh)
     # Held-out batches are placed by `_eval_fn`; results come back replicated (host-readable on
     # every process).
     eval_jit = self._jit(make_eval_fn(self.model_cfg, self.eval_sampler_cfg,
@@ -350,31 +411,88 @@ class Trainer:
 
   # --- state ---------------------------------------------------------------------------------
 
-  def _make_state(self, params) -> TrainState:
+  def _make_state(self, params, sft_adapters=None) -> TrainState:
     key = jax.random.PRNGKey(self.run_cfg.seed)
     k_alloc, k_run = jax.random.split(jax.random.fold_in(key, 1))
     # Leaves must be distinct buffers: the step donates the state, and donating one buffer
     # twice (params shared with ref_params, or an init that reuses one array) is an error.
     # (Under jit an output that is an unchanged input is returned as that very buffer.)
     copy = lambda tree: jax.tree.map(lambda x: jnp.array(x, copy=True), tree)
-    ref = copy(params) if self.step_cfg.needs_ref else None
+    ref = copy(params) if self.step_cfg.needs_ref and self.lora_cfg is None else None
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                       opt_state=self.tx.init(params), ref_params=ref,
                       alloc=copy(self.allocator.init(self.train_data.size, k_alloc)), rng=k_run,
-                      counters=copy(new_counters()))
+                      counters=copy(new_counters()), sft_adapters=copy(sft_adapters))
 
   def init_state(self, params) -> TrainState:
-    """The initial train state around `params`, created in the state's shardings."""
-    return self._make_state_fn(params)
+    """The initial train state around `params`, created in the state's shardings.
+
+    With LoRA, `params` become the frozen base (`self.base_params`: the policy's start and the
+    KL reference) and the state trains fresh adapters (B = 0, so the policy starts as the
+    base). The base must be what `_rebuild_base` gives back on resume: the model's init / HF
+    weights with `sft_adapters` merged in (B = 0 adapters, an exact no-op, without SFT).
+    """
+    if self.lora_cfg is None:
+      return self._make_state_fn(params, None)
+    self.base_params = params
+    key = jax.random.fold_in(jax.random.PRNGKey(self.run_cfg.seed), 3)
+    sft_adapters = getattr(self, "sft_adapters", None)
+    if sft_adapters is None:
+      sft_adapters = self._init_adapters(jax.random.fold_in(key, 1))
+    return self._make_state_fn(self._init_adapters(key), sft_adapters)
+
+  def _init_adapters(self, key):
+    """Fresh LoRA adapters (A random, B = 0) created in their shardings."""
+    init = functools.partial(models.lora.init_lora, self.model_cfg, self.abstract_params,
+                             self.lora_cfg)
+    with axis_rules(self.mesh, self.rules):
+      return sharded_init(init, self.mesh, self.trained_sh, self._put(key, self.repl))
+
+  def _rebuild_base(self, state: TrainState):
+    """LoRA: sets `self.base_params` to the model's init / HF weights + the state's merged-in
+    SFT adapters (what `init_state` was given), so the base itself is never checkpointed."""
+    if self.lora_cfg is None:
+      return
+    key = jax.random.PRNGKey(self.run_cfg.seed)
+    self.base_params = self._merge(self._init_params(jax.random.fold_in(key, 0)),
+                                   state.sft_adapters)
+
+  def policy(self, params) -> Any:
+    """What samples and is evaluated: `params` (a state's), or with LoRA the frozen base with
+    these adapters, applied unmerged (`models.AdaptedParams`)."""
+    if self.lora_cfg is None:
+      return params
+    return models.lora.adapted(self.base_params, params, self.lora_cfg)
+
+  def export_hf(self, params, out_dir: str):
+    """Writes the policy of `params` (a state's) as a transformers checkpoint directory; with
+    LoRA the base and adapters merged (`models.lora.export_merged`), loadable without PEFT.
+    The tokenizer files of an HF base are copied along. Collective: call on every process."""
+    if self.lora_cfg is None:
+      base, adapters = _fetch(params), None
+    else:
+      base, adapters = _fetch((self.base_params, params))
+    if not self.is_main:
+      return
+    if adapters is None:
+      models.to_hf(self.model_cfg, base, out_dir)
+    else:
+      models.lora.export_merged(self.model_cfg, base, adapters, self.lora_cfg, out_dir)
+    src = self.run_cfg.model.hf_path
+    for name in _TOKENIZER_FILES:
+      if src and os.path.exists(os.path.join(src, name)):
+        shutil.copy(os.path.join(src, name), os.path.join(out_dir, name))
 
   def restore_state(self, step: int | None = None) -> TrainState:
     """The train state of checkpoint `step` (default: latest) of this trainer's workdir, placed
     in this trainer's shardings (which may differ from those it was saved with)."""
     ckpt = Checkpointer(self.workdir)
     try:
-      return ckpt.restore(step, self._abstract_state())[0]
+      state = ckpt.restore(step, self._abstract_state())[0]
     finally:
       ckpt.close()
+    self._rebuild_base(state)
+    return state
 
   def _abstract_state(self) -> TrainState:
     """Shapes, dtypes and shardings of the train state (what a restore fills in)."""
@@ -383,7 +501,16 @@ class Trainer:
   # --- SFT -----------------------------------------------------------------------------------
 
   def sft(self, params, key) -> Any:
+    """Supervised warm start of `params` on the task's demonstrations; returns the new params.
+
+    With LoRA only adapters are trained here too (the run never holds a full-size gradient or
+    optimizer state), and they are then merged into the base once: the returned params are the
+    frozen base of the RL phase, so the RL policy starts from it and the KL reference is the
+    SFT'd model, as in full fine-tuning. The SFT adapters are kept (`self.sft_adapters`, then in
+    the train state) so that a resume rebuilds the base without it ever being checkpointed.
+    """
     cfg = self.run_cfg.sft
+    self.sft_adapters = None
     if not cfg.steps:
       return params
     d = self.train_data
@@ -395,27 +522,37 @@ class Trainer:
                             "demos": d.demos, "demo_len": demo_len})
     tx = OptimizerConfig(lr=cfg.lr, warmup_steps=cfg.warmup_steps, total_steps=cfg.steps,
                          decay="cosine", min_lr_ratio=0.1, weight_decay=cfg.weight_decay).make()
-    opt_sh = state_shardings(jax.eval_shape(tx.init, params), params, self.param_sh, self.mesh)
-    opt = self._jit(tx.init, in_shardings=(self.param_sh,), out_shardings=opt_sh)(params)
+    lora, base = self.lora_cfg, None
+    if lora is not None:  # train adapters on the (not donated) base
+      base, params = params, self._init_adapters(jax.random.fold_in(key, 1))
+    train_sh = self.trained_sh
+    opt_sh = state_shardings(jax.eval_shape(tx.init, params), params, train_sh, self.mesh)
+    opt = self._jit(tx.init, in_shardings=(train_sh,), out_shardings=opt_sh)(params)
     mc = self.model_cfg
 
-    def step(params, opt, data, idx):
-      loss, grads = jax.value_and_grad(sft_loss, argnums=1)(
-          mc, params, data["prompts"][idx], data["prompt_lengths"][idx], data["demos"][idx],
-          data["demo_len"][idx], jnp.ones(idx.shape))
+    def step(params, opt, base, data, idx):
+      def loss_fn(p):
+        policy = p if lora is None else models.lora.adapted(base, p, lora)
+        return sft_loss(mc, policy, data["prompts"][idx], data["prompt_lengths"][idx],
+                        data["demos"][idx], data["demo_len"][idx], jnp.ones(idx.shape))
+
+      loss, grads = jax.value_and_grad(loss_fn)(params)
       updates, opt = tx.update(grads, opt, params)
       return optax.apply_updates(params, updates), opt, loss
 
     idx_sh = self._batch_sharding((cfg.batch_size,))
-    step = self._jit(step, in_shardings=(self.param_sh, opt_sh, jax.tree.map(
-        lambda x: x.sharding, data), idx_sh), out_shardings=(self.param_sh, opt_sh, self.repl),
+    step = self._jit(step, in_shardings=(train_sh, opt_sh, self.base_sh, jax.tree.map(
+        lambda x: x.sharding, data), idx_sh), out_shardings=(train_sh, opt_sh, self.repl),
                      donate_argnums=(0, 1))
     rng = np.random.default_rng(int(jax.random.randint(key, (), 0, 2**31 - 1)))
     for _ in range(cfg.steps):
       idx = rng.choice(rows, size=cfg.batch_size, replace=rows.size < cfg.batch_size)
-      params, opt, loss = step(params, opt, data, self._put(idx.astype(np.int32), idx_sh))
+      params, opt, loss = step(params, opt, base, data, self._put(idx.astype(np.int32), idx_sh))
     self.sft_final_loss = float(loss)
-    return params
+    if lora is None:
+      return params
+    self.sft_adapters = params
+    return self._merge(base, params)
 
   def eval_accuracy(self, params, tag: int = 0) -> dict[str, Any]:
     e = self.run_cfg.eval
@@ -466,7 +603,7 @@ class Trainer:
   # --- main loop -----------------------------------------------------------------------------
 
   def _check_workdir(self):
-    os.makedirs(self.workdir, exist_ok=True)
+    check_workdir_writable(self.workdir)
     path = os.path.join(self.workdir, "config.json")
     raw = json.loads(json.dumps(self.run_cfg.raw, default=str))
     force = bool(raw.pop("force", False))
@@ -493,8 +630,14 @@ class Trainer:
     if self.is_main:
       print(message, flush=True)
 
-  def _stop_requested(self) -> bool:
-    """Whether any process got SIGTERM / SIGINT; all processes must agree to stop together."""
+  def _stop_requested(self, ckpt: Checkpointer | None = None, step: int = 0) -> bool:
+    """Whether to checkpoint and stop: any process got SIGTERM / SIGINT (all processes must
+    agree to stop together), or `step` is JAX's preemption sync point (multi-host runs with
+    `jax.distributed`, e.g. a TPU maintenance notice; every process sees it at the same step).
+    """
+    if ckpt is not None and self._stop_signal is None and ckpt.reached_preemption(step):
+      self._preemption_notice = True
+      self._stop_signal = int(signal.SIGTERM)  # stop exactly as on SIGTERM
     stop = self._stop_signal is not None
     if jax.process_count() > 1:
       flags = multihost_utils.process_allgather(np.int32(self._stop_signal or 0))
@@ -520,28 +663,35 @@ class Trainer:
                         keep_every=run.checkpoint.keep_every or None)
     self._log(self._describe_memory())
     t0 = time.time()
-    latest = ckpt.latest_step()
-    if latest is not None:
-      state, meta = ckpt.restore(latest, self._abstract_state())
+    if ckpt.latest_step() is not None:
+      # The latest step that restores: damaged newer ones are warned about and set aside, and
+      # the steps after the restored one are trained (and their metrics written) again.
+      state, meta = ckpt.restore(None, self._abstract_state())
+      if ckpt.skipped_steps:
+        moved = ckpt.set_aside(ckpt.skipped_steps)
+        self._log(f"Checkpoint step(s) {ckpt.skipped_steps} could not be restored (see the "
+                  f"warnings above); moved to {moved or 'checkpoints_unreadable'}")
+      self._rebuild_base(state)
       elapsed0 = float(meta["wall_time_s"])
       sft_acc = float(meta["sft_accuracy"])
       sft_time = float(meta["sft_time_s"])
-      self._log(f"Resuming from checkpoint step {latest} in {self.workdir}")
+      self._log(f"Resuming from checkpoint step {ckpt.restored_step} in {self.workdir}")
     else:
       key = jax.random.PRNGKey(run.seed)
       params = self._init_params(jax.random.fold_in(key, 0))
       params = self.sft(params, jax.random.fold_in(key, 2))
       sft_time = time.time() - t0
-      sft_acc = self.eval_accuracy(params)["accuracy"]
-      self._log(f"SFT warm start: held-out accuracy {sft_acc:.3f} ({sft_time:.1f} s)")
       state = self.init_state(params)
+      # (LoRA: the base with the fresh B = 0 adapters, so the eval compiles once for the run.)
+      sft_acc = self.eval_accuracy(self.policy(state.params))["accuracy"]
+      self._log(f"SFT warm start: held-out accuracy {sft_acc:.3f} ({sft_time:.1f} s)")
       elapsed0 = 0.0
       ckpt.save(0, state, self._meta(0, sft_acc, sft_time, time.time() - t0))
     start_step = int(state.step)
     writer = MetricsWriter(self.workdir, resume_step=start_step,
                            tensorboard=run.log.tensorboard, enabled=self.is_main)
     self._install_signal_handlers()
-    samples_hist = np.zeros(0, np.int64)
+    samples_hist = np.zeros(0, np.int64)  # [k] = prompts given k samples (bounded size)
     pending = None
     progress = None
     if run.log.progress and self.is_main:
@@ -557,8 +707,8 @@ class Trainer:
         budget = self.allocator.budget
         for r in range(budget.max_rounds):
           pool, plan = self._sample_round(
-              state.params, pool, round_state, state.alloc["budget"], ids, self.data,
-              np.int32(r), jax.random.fold_in(k_round, r))
+              self.policy(state.params), pool, round_state, state.alloc["budget"], ids,
+              self.data, np.int32(r), jax.random.fold_in(k_round, r))
           host_rewards = None
           if self._host_runner is not None:
             host_rewards, failed = self._host_rewards(pool, ids, plan, r)
@@ -568,8 +718,9 @@ class Trainer:
           rounds += 1
           if budget.max_rounds > 1 and r + 1 < budget.max_rounds and bool(done):
             break
-        state, metrics, counts = self._train_step(state, pool, ids, np.int32(rounds),
-                                                  np.int32(failures))
+        state, metrics, counts = self._train_step(
+            state, pool, ids, np.int32(rounds), np.int32(failures),
+            *(() if self.lora_cfg is None else (self.base_params,)))
         if pending is not None:  # fetch the previous step's metrics one step behind
           samples_hist = self._emit(writer, progress, *pending, samples_hist)
         now = time.time()
@@ -577,7 +728,7 @@ class Trainer:
         step_t = now
         done_steps = step + 1
         if run.eval.every and done_steps % run.eval.every == 0 and done_steps < run.rl.steps:
-          last_eval = self.eval_accuracy(state.params, done_steps)
+          last_eval = self.eval_accuracy(self.policy(state.params), done_steps)
           pending[4].update({f"eval_{k}": v for k, v in last_eval.items()})
         if int(state.counters["consecutive_nan_skips"]) >= run.rl.max_consecutive_nan:
           samples_hist = self._emit(writer, progress, *pending, samples_hist)
@@ -586,7 +737,7 @@ class Trainer:
               f"{int(state.counters['consecutive_nan_skips'])} consecutive updates had a "
               f"non-finite loss or gradient (step {done_steps}); stopping with the last good "
               f"state checkpointed")
-        if self._stop_requested():
+        if self._stop_requested(ckpt, done_steps):
           break
         if run.checkpoint.every and done_steps % run.checkpoint.every == 0:
           ckpt.save(done_steps, state, self._meta(done_steps, sft_acc, sft_time,
@@ -612,12 +763,15 @@ class Trainer:
       ckpt.save(final_step, state, self._meta(final_step, sft_acc, sft_time, wall))
       ckpt.close()
       writer.close()
-      name = signal.Signals(self._stop_signal).name
+      name = ("a preemption notice" if self._preemption_notice
+              else signal.Signals(self._stop_signal).name)
       raise Preempted(f"received {name}: checkpointed step {final_step} in {self.workdir}; "
                       f"run the same command again to resume")
-    final = self.eval_accuracy(state.params, final_step)
+    final = self.eval_accuracy(self.policy(state.params), final_step)
     ckpt.save(final_step, state, self._meta(final_step, sft_acc, sft_time, wall))
     ckpt.close()
+    if self.lora_cfg is not None:  # the checkpoint holds only adapters: write the whole model
+      self.export_hf(state.params, os.path.join(self.workdir, "merged_hf"))
     # Only process 0 writes metrics.jsonl; the others' summaries (returned, not written) lack
     # the figures read from it.
     records = read_metrics(self.workdir) if self.is_main else []
@@ -629,6 +783,7 @@ class Trainer:
         "nan_skips": int(state.counters["nan_skips"]),
         "wall_time_s": wall, "sft_time_s": sft_time,
         "model_params": self.model_cfg.num_params(),
+        "trainable_params": models.lora.count_params(state.params),
         "last_loss": records[-1].get("loss") if records else None,
         "config": self.run_cfg.raw,
     }
@@ -701,4 +856,8 @@ class Trainer:
         post["held_out"] = f"{rec['eval_accuracy']:.3f}"
       progress.set_postfix(post)
       progress.update(1)
-    return np.concatenate([samples_hist, np.asarray(counts).ravel()])
+    # A histogram, not the raw counts: appending every step's counts grew without bound.
+    step_hist = np.bincount(np.asarray(counts).ravel().astype(np.int64),
+                            minlength=samples_hist.size)
+    samples_hist = np.pad(samples_hist, (0, step_hist.size - samples_hist.size))
+    return samples_hist + step_hist
