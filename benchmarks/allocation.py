@@ -6,7 +6,10 @@ share of a quickstart train step.
 For each preset: the jitted `Allocator.update` (select + budget state refresh from one step's
 statistics) on a dataset of `num_prompts` prompts, state donated so the update is in place, and
 the jitted selection + planning + group formation (`choose`, `start`, `plan`, `form`). Times are
-medians over repeats after a warm-up, compile excluded.
+medians over repeats after a warm-up, compile excluded. Each repeat updates a fresh random set of
+prompts. DPS's state is lazy (a row is brought up to date when read), so its state is first aged
+to the worst case: every prompt known, last observed 1,000,000 steps ago with counts off the
+prior, so every read or update pays the full catch-up.
 """
 
 from __future__ import annotations
@@ -34,6 +37,17 @@ def _median_ms(fn, repeats):
   return float(np.median(times))
 
 
+def _age_dps(select_state):
+  """Worst case for DPS's lazy catch-up: every row known, stale by 1e6 steps, A = A0 + 1."""
+  from adaptive_rl.allocation.dps import DPSState
+  import jax.numpy as jnp
+  if not isinstance(select_state, DPSState):
+    return select_state
+  return select_state._replace(rows=select_state.rows.at[:, :9].add(1.0),
+                               last=jnp.zeros_like(select_state.last),
+                               step=jnp.asarray(1_000_000, jnp.int32))
+
+
 def main():
   import jax
   import jax.numpy as jnp
@@ -59,11 +73,15 @@ def main():
                     rewards=jnp.asarray(rng.integers(0, 2, m), jnp.float32),
                     valid=jnp.ones((m,), bool), order=jnp.arange(m, dtype=jnp.int32))
     # Distinct buffers: an init may reuse one array for two leaves, and donation needs copies.
+    state = alloc.init(args.num_prompts, jax.random.PRNGKey(0))
     state = jax.tree.map(lambda x: jnp.array(x, copy=True),
-                         alloc.init(args.num_prompts, jax.random.PRNGKey(0)))
-    ids = jnp.asarray(rng.choice(args.num_prompts, b, replace=False), jnp.int32)
-    stats = prompt_stats(ids, pool, 0.5, jnp.ones((m,), jnp.float32),
-                         pool.rewards.astype(jnp.int32))
+                         {**state, "select": _age_dps(state["select"])})
+    all_stats = []
+    for _ in range(args.repeats + 1):
+      ids = jnp.asarray(rng.choice(args.num_prompts, b, replace=False), jnp.int32)
+      all_stats.append(prompt_stats(ids, pool, 0.5, jnp.ones((m,), jnp.float32),
+                                    pool.rewards.astype(jnp.int32)))
+    stats_iter = iter(all_stats[1:])
     update = jax.jit(alloc.update, donate_argnums=(0,))
 
     def plan_and_form(state, key):
@@ -73,11 +91,11 @@ def main():
       return state, plan, alloc.group.form(pool)
 
     plan_jit = jax.jit(plan_and_form, donate_argnums=(0,))
-    state = jax.block_until_ready(update(state, stats, pool))  # compile
+    state = jax.block_until_ready(update(state, all_stats[0], pool))  # compile
     holder = {"s": state}
 
     def run_update():
-      holder["s"] = update(holder["s"], stats, pool)
+      holder["s"] = update(holder["s"], next(stats_iter), pool)
       return holder["s"]
 
     update_ms = _median_ms(run_update, args.repeats)

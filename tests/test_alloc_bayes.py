@@ -96,40 +96,85 @@ def _phi(a):
   return a / a.sum(axis=0, keepdims=True)
 
 
-def test_dps_update_matches_numpy_loop():
-  lam = 0.7
-  a0 = np.arange(1.0, 10.0).reshape(3, 3) / 3.0  # non-uniform prior: `known` matters
-  state = dps.dps_init(P, a0)
-  A = np.broadcast_to(a0, (P, 3, 3)).copy()
-  mu = np.full((P, 3), 1 / 3)
-  mu_prev = mu.copy()
-  known = np.zeros(P, bool)
-  upd = jax.jit(dps.dps_update)
-  for rng, ids in _random_steps(5):
-    n_samples = rng.integers(1, 9, size=B)
-    correct = rng.integers(0, 9, size=B) % (n_samples + 1)
-    obs = dps.observe_state(jnp.asarray(correct), jnp.asarray(n_samples))
-    state = upd(state, jnp.asarray(ids), obs, lam, a0)
-    obs = np.asarray(obs)
-    chosen = {int(pid): int(o) for pid, o in zip(ids, obs) if pid < P}
+class _DPSReference:
+  """The spec's eager DPS filter in float64: every known unselected prompt predicts each step."""
+
+  def __init__(self, a0, lam):
+    self.a0, self.lam = a0, lam
+    self.A = np.broadcast_to(a0, (P, 3, 3)).copy()
+    self.mu = np.full((P, 3), 1 / 3)
+    self.mu_prev = self.mu.copy()
+    self.known = np.zeros(P, bool)
+
+  def step(self, chosen):
+    lam, a0 = self.lam, self.a0
     for pid in range(P):
       if pid in chosen:
         e = np.eye(3)[chosen[pid]]
-        xi = np.outer(e, mu_prev[pid]) * _phi(A[pid])
+        xi = np.outer(e, self.mu_prev[pid]) * _phi(self.A[pid])
         xi /= xi.sum()
-        A[pid] = lam * A[pid] + (1 - lam) * a0 + xi
-        mu[pid] = _phi(A[pid]) @ e
-        mu_prev[pid] = e
-        known[pid] = True
-      elif known[pid]:
-        A[pid] = lam * A[pid] + (1 - lam) * a0
-        mu[pid] = _phi(A[pid]) @ mu[pid]
-        mu_prev[pid] = mu[pid]
-  np.testing.assert_allclose(state.A, A, rtol=1e-5)
-  np.testing.assert_allclose(state.mu, mu, rtol=1e-5, atol=1e-7)
-  np.testing.assert_allclose(state.mu_prev, mu_prev, rtol=1e-5, atol=1e-7)
-  np.testing.assert_array_equal(state.known, known)
-  np.testing.assert_allclose(np.asarray(state.mu).sum(-1), 1.0, rtol=1e-5)
+        self.A[pid] = lam * self.A[pid] + (1 - lam) * a0 + xi
+        self.mu[pid] = _phi(self.A[pid]) @ e
+        self.mu_prev[pid] = e
+        self.known[pid] = True
+      elif self.known[pid]:
+        self.A[pid] = lam * self.A[pid] + (1 - lam) * a0
+        self.mu[pid] = _phi(self.A[pid]) @ self.mu[pid]
+        self.mu_prev[pid] = self.mu[pid]
+
+  def check(self, state):
+    """The lazy state, brought up to date, equals the eager one."""
+    full = jax.jit(dps.dps_materialise)(state, self.lam, self.a0)
+    np.testing.assert_allclose(full.A, self.A, rtol=1e-5)
+    np.testing.assert_allclose(full.mu, self.mu, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(full.mu_prev, self.mu_prev, rtol=1e-5, atol=1e-7)
+    np.testing.assert_array_equal(full.known, self.known)
+    np.testing.assert_allclose(np.asarray(full.mu).sum(-1), 1.0, rtol=1e-5)
+
+
+def _dps_run(ref, steps, draw, seed, check_every):
+  rng = np.random.default_rng(seed)
+  state = dps.dps_init(P, ref.a0)
+  upd = jax.jit(dps.dps_update)
+  for t in range(steps):
+    ids = draw(rng, t)
+    n_samples = rng.integers(1, 9, size=len(ids))
+    correct = rng.integers(0, 9, size=len(ids)) % (n_samples + 1)
+    obs = dps.observe_state(jnp.asarray(correct), jnp.asarray(n_samples))
+    state = upd(state, jnp.asarray(ids), obs, ref.lam, ref.a0)
+    ref.step({int(pid): int(o) for pid, o in zip(ids, np.asarray(obs)) if pid < P})
+    if (t + 1) % check_every == 0:
+      ref.check(state)
+  ref.check(state)
+  return state
+
+
+def test_dps_update_matches_numpy_loop():
+  a0 = np.arange(1.0, 10.0).reshape(3, 3) / 3.0  # non-uniform prior: `known` matters
+  ref = _DPSReference(a0, 0.7)
+  steps = iter(_random_steps(5))
+  _dps_run(ref, STEPS, lambda rng, t: next(steps)[1], 6, check_every=3)
+
+
+@pytest.mark.parametrize("lam", [0.0, 0.5, 0.7, 0.9, 1.0])
+def test_dps_lazy_catch_up_over_long_gaps(lam):
+  """Prompts left alone for up to ~300 steps: the catch-up's tail (repeated squaring) is used."""
+  a0 = np.array([[1.0, 0.5, 2.0], [0.3, 1.0, 1.0], [2.0, 0.7, 0.4]])
+
+  def draw(rng, t):  # a hot set visited often, the rest rarely
+    hot = rng.choice(6, size=2, replace=False)
+    cold = rng.choice(np.arange(6, P), size=1) if rng.random() < 0.1 else [P]
+    return np.r_[hot, cold].astype(np.int32)
+
+  ref = _DPSReference(a0, lam)
+  state = _dps_run(ref, 320, draw, int(lam * 10), check_every=40)
+  assert int(np.max(np.asarray(state.step - state.last)[np.asarray(state.known)])) > 100
+  # Selection reads the caught-up beliefs.
+  cands = jnp.arange(P, dtype=jnp.int32)
+  got = jax.jit(dps.dps_select, static_argnames=("B",))(state, cands, B=5, lam=lam, A0=a0)
+  want = np.argsort(-ref.mu[:, 1], kind="stable")[:5]
+  np.testing.assert_allclose(np.sort(ref.mu[np.asarray(got), 1]), np.sort(ref.mu[want, 1]),
+                             rtol=1e-5)
 
 
 def test_observe_state_and_select():
@@ -137,7 +182,9 @@ def test_observe_state_and_select():
       dps.observe_state(jnp.array([0, 3, 8, 0]), jnp.array([8, 8, 8, 1])), [0, 1, 2, 0])
   mu = np.full((P, 3), 1 / 3, np.float32)
   mu[[3, 7, 11, 20]] = [[0.1, 0.8, 0.1], [0.5, 0.5, 0.0], [0.0, 0.9, 0.1], [0.0, 0.2, 0.8]]
-  state = dps.dps_init(P)._replace(mu=jnp.asarray(mu))
+  init = dps.dps_init(P)
+  state = init._replace(rows=init.rows.at[:, 9:12].set(jnp.asarray(mu)))
+  np.testing.assert_array_equal(state.mu, mu)
   cands = jnp.array([20, 3, 7, 11, 0], jnp.int32)
   got = jax.jit(dps.dps_select, static_argnames=("B",))(state, cands, B=3)
   np.testing.assert_array_equal(got, [11, 3, 7])

@@ -192,3 +192,35 @@ def test_history_matches_reference():
   p_hat, known = jax.jit(ks.knapsack_estimate)(state, jnp.arange(num_prompts))
   np.testing.assert_allclose(p_hat, p_ref, atol=1e-6)
   np.testing.assert_array_equal(known, known_ref)
+
+
+def _dp_reference(p_items, n_low, max_extra, budget):
+  """The spec's DP in float64: best sum Value(n_low + k_i, p_i) with sum k_i == budget."""
+  best = np.zeros(1)  # best[w] over the items so far
+  for q in p_items:
+    vals = _value(n_low + np.arange(max_extra + 1), q)
+    nxt = np.full(len(best) + max_extra, -np.inf)
+    for k, v in enumerate(vals):
+      nxt[k:k + len(best)] = np.maximum(nxt[k:k + len(best)], best + v)
+    best = nxt
+  return best[budget]
+
+
+def test_dp_matches_float64_dp_at_quickstart_size():
+  """B = 32 prompts, N_up - N_low = 126 extras, every budget up to 256: the greedy marginal
+  allocation (Value is concave in N) reaches the DP's optimum."""
+  rng = np.random.default_rng(3)
+  b, n_low, max_extra, max_budget = 32, 2, 126, 256
+  fn = jax.jit(lambda q, it, w: ks.knapsack_dp(q, it, w, n_low, max_extra, max_budget))
+  for trial in range(4):
+    p = rng.choice([rng.uniform(0.01, 0.99), 0.5, 0.03, 0.97], size=b) if trial == 3 else \
+        rng.beta(0.5, 0.5, size=b).clip(0.01, 0.99)
+    items = rng.random(b) < 0.7
+    for budget in (0, 1, 7, 64, 200, 256):
+      extra = np.asarray(fn(jnp.asarray(p, jnp.float32), jnp.asarray(items), budget))
+      assert (extra[~items] == 0).all() and extra.min() >= 0 and extra.max() <= max_extra
+      w_star = min(budget, items.sum() * max_extra)
+      assert extra.sum() == w_star
+      got = sum(_value(n_low + k, q) for k, q in zip(extra[items], p[items]))
+      np.testing.assert_allclose(got, _dp_reference(p[items], n_low, max_extra, w_star),
+                                 rtol=1e-6)

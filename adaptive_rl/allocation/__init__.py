@@ -21,13 +21,15 @@ from adaptive_rl.allocation.dapo import (
     DapoBuffer, DapoSettings, dapo_accumulate, dapo_buffer_full, dapo_buffer_init,
     dapo_buffer_valid, dapo_keep, dapo_keep_flat, dapo_kept_fraction, dapo_should_continue)
 from adaptive_rl.allocation.dps import (
-    DPSSettings, DPSState, dps_init, dps_select, dps_update, observe_state, transition_matrix)
+    DPSSettings, DPSState, dps_current, dps_init, dps_materialise, dps_select, dps_update,
+    observe_state, transition_matrix)
 from adaptive_rl.allocation.gvm import (
     GVMSettings, GVMState, gvm_allocate, gvm_estimate, gvm_init, gvm_update, gvm_weights,
     largest_remainder)
 from adaptive_rl.allocation.knapsack import (
     KnapsackHistory, KnapsackSettings, check_budget, knapsack_allocate, knapsack_allocate_with,
-    knapsack_dp, knapsack_estimate, knapsack_history_init, knapsack_history_update)
+    knapsack_dp, knapsack_estimate, knapsack_history_init, knapsack_history_update,
+    marginal_gain)
 from adaptive_rl.allocation.mopps import (
     MoPPSSettings, MoPPSState, mopps_init, mopps_mean, mopps_sample, mopps_select,
     mopps_update)

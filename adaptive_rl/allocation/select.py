@@ -137,14 +137,17 @@ class DPSSelect:
     return dps.dps_init(num_prompts, self.a0)
 
   def select(self, state, candidates, rng):
-    return state, dps.dps_select(state, candidates, self.num_select, self.entropy_weight)
+    return state, dps.dps_select(state, candidates, self.num_select, self.entropy_weight,
+                                 self.lam, self.a0)
 
   def update(self, state, stats: PromptStats):
-    ids = _visited_ids(stats, state.A.shape[0])
+    ids = _visited_ids(stats, state.last.shape[0])
     observed = dps.observe_state(stats.num_correct, stats.num_samples)
     return dps.dps_update(state, ids, observed, self.lam, self.a0)
 
   def summary(self, state) -> dict[str, jax.Array]:
+    # Beliefs as stored, i.e. as of each prompt's last observation: bringing every prompt up to
+    # date would make the step O(P) again (dps.py, lazy catch-up).
     known = state.known
     n = jnp.maximum(jnp.sum(known), 1)
     mu = jnp.where(known[:, None], state.mu, 0.0)
