@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from adaptive_rl.models import (ModelConfig, Params, apply, init_cache, positions_from_mask,
-                                unstack_layers)
+                                unembed, unstack_layers)
 from adaptive_rl.sampling.strategies import Greedy, Sample, make_strategy
 
 
@@ -109,9 +109,11 @@ def sample(model_cfg: ModelConfig, cfg: SamplerConfig, params: Params, prompts_B
   cache = init_cache(model_cfg, u, p + n, cache_dtype)
   if not model_cfg.scan_layers:  # slice the stacked weights once, not on every decode step
     params = unstack_layers(params)
-  logits, cache = apply(model_cfg, params, prompts_BP, positions_BP, cache=cache,
-                        segment_ids_BT=mask_BP.astype(jnp.int32))
-  logits = logits[:, -1]
+  # Only the last prompt position's logits are needed: project just that row to the vocabulary
+  # (not [B, P, V] floats, which for long prompts and large vocabularies dwarf the cache).
+  hidden, cache = apply(model_cfg, params, prompts_BP, positions_BP, cache=cache,
+                        segment_ids_BT=mask_BP.astype(jnp.int32), return_hidden=True)
+  logits = unembed(model_cfg, params, hidden[:, -1])
   if prompt_index is not None:  # one prefill per distinct prompt, then a row per sample
     rows = lambda x, axis: jnp.take(x, prompt_index, axis=axis)
     stacked = not isinstance(cache.k, tuple)
