@@ -39,6 +39,8 @@ from transformers import PreTrainedTokenizerFast
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)  # a script, not a package: import the uninstalled repo
 
+import _common  # noqa: E402  pylint: disable=wrong-import-position  (this folder's helpers)
+
 # pylint: disable=wrong-import-position
 from adaptive_rl import models  # noqa: E402
 from adaptive_rl.allocation.registry import build_allocator  # noqa: E402
@@ -364,14 +366,8 @@ def main(argv: list[str] | None, *, peer: str, requirements: list[str], worker: 
 
 def machine_info() -> dict[str, Any]:
   """CPU model, cores, date and this interpreter's JAX version."""
-  cpu = platform.processor()
-  try:
-    with open("/proc/cpuinfo") as f:
-      cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
-  except OSError:
-    pass
-  return dict(cpu_model=cpu, cpu_count=os.cpu_count(), platform=platform.platform(),
-              python=platform.python_version(), jax=jax.__version__,
+  return dict(cpu_model=_common.cpu_model(), cpu_count=os.cpu_count(),
+              platform=platform.platform(), python=platform.python_version(), jax=jax.__version__,
               jaxlib=importlib.metadata.version("jaxlib"),
               date_utc=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
               load_avg_start=os.getloadavg()[0])

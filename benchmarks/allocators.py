@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import importlib.util
 import json
 import os
 import sys
@@ -39,11 +38,9 @@ PRESETS = ("uniform", "dapo_filter", "reinforce_ada", "reinforce_ada_positive", 
 
 def _config(preset: str, seed: int, steps: int, eval_every: int, max_digits: int = 0,
             train_size: int = 0):
-  spec = importlib.util.spec_from_file_location("quickstart",
-                                                os.path.join(ROOT, "configs", "quickstart.py"))
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  c = mod.get_config(f"allocator={preset},seed={seed}")
+  from adaptive_rl.rl.config import load_config_file  # pylint: disable=import-outside-toplevel
+  c = load_config_file(os.path.join(ROOT, "configs", "quickstart.py"),
+                       f"allocator={preset},seed={seed}")
   c.rl.steps = steps
   if max_digits:
     c.task.max_digits = max_digits

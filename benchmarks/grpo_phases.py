@@ -37,30 +37,28 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import _peer  # noqa: E402  pylint: disable=wrong-import-position
+# pylint: disable=wrong-import-position
+import _common  # noqa: E402
+import _peer  # noqa: E402
 
-from adaptive_rl import models  # noqa: E402  pylint: disable=wrong-import-position
-from adaptive_rl.allocation.roles import prompt_stats  # noqa: E402  pylint: disable=wrong-import-position
-from adaptive_rl.rl.logprobs import completion_logprobs  # noqa: E402  pylint: disable=wrong-import-position
-from adaptive_rl.rl.losses import LossConfig, policy_loss  # noqa: E402  pylint: disable=wrong-import-position
-from adaptive_rl.rl.train_state import OptimizerConfig  # noqa: E402  pylint: disable=wrong-import-position
+from adaptive_rl import models  # noqa: E402
+from adaptive_rl.allocation.roles import prompt_stats  # noqa: E402
+from adaptive_rl.rl.logprobs import completion_logprobs  # noqa: E402
+from adaptive_rl.rl.losses import LossConfig, policy_loss  # noqa: E402
+from adaptive_rl.rl.train_state import OptimizerConfig  # noqa: E402
+# pylint: enable=wrong-import-position
 
 
 def _time(fn: Callable[[], Any], repeats: int) -> float:
-  jax.block_until_ready(fn())  # warm-up / compile
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - t0)
-  return statistics.median(times)
+  """Median wall seconds of `repeats` calls after one warm-up (compile) call."""
+  _common.timed(fn)
+  return statistics.median(_common.timed(fn) for _ in range(repeats))
 
 
 def _op_categories(trace_dir: str, top: int = 12) -> list[tuple[str, float]]:
@@ -90,7 +88,8 @@ def run(size_name: str, repeats: int, scan_layers: bool, trace: str | None) -> d
   cfg = ours.cfg
   # One real round, reused by the per-phase functions (jitted here without donation).
   sample_round = jax.jit(ours.sample_round_fn)
-  ours.state, ids, round_state, pool, k_round = ours._begin(ours.state)  # pylint: disable=protected-access
+  begin_fn = ours._begin  # pylint: disable=protected-access
+  ours.state, ids, round_state, pool, k_round = begin_fn(ours.state)
   pool, plan = sample_round(ours.state.params, pool, round_state, ours.state.alloc["budget"], ids,
                             ours.data, jnp.int32(0), k_round)
   jax.block_until_ready(pool)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import importlib.util
 import json
 import os
 import platform
@@ -26,11 +25,8 @@ sys.path.insert(0, ROOT)  # runnable without installing the package
 
 
 def _config(task: str, seed: int, overrides: dict):
-  spec = importlib.util.spec_from_file_location("quickstart",
-                                                os.path.join(ROOT, "configs", "quickstart.py"))
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  c = mod.get_config(f"task={task},seed={seed}")
+  from adaptive_rl.rl.config import load_config_file  # pylint: disable=import-outside-toplevel
+  c = load_config_file(os.path.join(ROOT, "configs", "quickstart.py"), f"task={task},seed={seed}")
   c.log.progress = False
   c.log.plots = False
   for dotted, value in overrides.items():

@@ -1,7 +1,6 @@
 """Allocation roles composed into allocators: simulator invariants against analytic values, the
 round logic of each budget, registry errors, and every preset fused into the real train step."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -116,11 +115,9 @@ def test_simulate_cli_json(tmp_path):
 
 
 def _tiny_config(allocator):
-  spec = importlib.util.spec_from_file_location("quickstart",
-                                                os.path.join(ROOT, "configs", "quickstart.py"))
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  c = mod.get_config(f"smoke=True,allocator={allocator}")
+  from adaptive_rl.rl.config import load_config_file  # pylint: disable=import-outside-toplevel
+  c = load_config_file(os.path.join(ROOT, "configs", "quickstart.py"),
+                       f"smoke=True,allocator={allocator}")
   c.task.train_size = 300
   c.task.test_size = 20
   c.sft.steps = 20

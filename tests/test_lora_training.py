@@ -2,7 +2,6 @@
 optimizer state adapter-sized), the frozen base is untouched and is the KL reference (no copy),
 a checkpoint restores and resumes, and the merged export reloads in transformers."""
 
-import importlib.util
 import json
 import os
 import signal
@@ -15,31 +14,22 @@ from jax.sharding import PartitionSpec as P
 
 from adaptive_rl import models, parallel
 from adaptive_rl.models import lora
-from adaptive_rl.rl.config import ConfigError, parse_config
+from adaptive_rl.rl.config import ConfigError, load_config_file, parse_config
 from adaptive_rl.rl.trainer import Preempted, Trainer
 from tests.hf_fixtures import hf_logits
+from tests.test_sharded_training import _SHRINK as SHARDED_SHRINK
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # The quickstart smoke config with `lora=True` (rank 16 on the 7 projections + the tied
-# embedding), shrunk as in test_sharded_training.py: 1-digit sums and a strong warm start so the
-# groups have mixed rewards, and a KL term so the base is also read as the reference.
-_SHRINK = {
-    "task.train_size": 400, "task.test_size": 16, "task.max_digits": 1,
-    "sft.steps": 40, "sft.lr": 1e-2,
-    "rl.steps": 3, "rl.batch_prompts": 4, "rl.group_size": 4, "rl.kl_coef": 0.01,
-    "eval.every": 0, "eval.batch_size": 16, "checkpoint.every": 0,
-    "log.progress": False, "log.tensorboard": False, "log.plots": False,
-    "mesh.num_devices": 1,
-}
+# embedding), shrunk as in test_sharded_training.py (1-digit sums and a strong warm start so the
+# groups have mixed rewards, and a KL term so the base is also read as the reference), on one
+# device.
+_SHRINK = {**SHARDED_SHRINK, "mesh.num_devices": 1}
 
 
 def _config(**overrides):
-  spec = importlib.util.spec_from_file_location("quickstart",
-                                                os.path.join(ROOT, "configs", "quickstart.py"))
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  c = mod.get_config("smoke=True,lora=True")
+  c = load_config_file(os.path.join(ROOT, "configs", "quickstart.py"), "smoke=True,lora=True")
   for key, value in {**_SHRINK, **overrides}.items():
     section, name = key.split(".")
     c[section][name] = value

@@ -3,7 +3,6 @@ as one device, the train state's params follow the logical-axis rules, a bad mes
 or a run too big for the device fails at launch naming it, a checkpoint restores onto another
 mesh, and a 2-process run (jax.distributed over gloo) matches one process."""
 
-import importlib.util
 import json
 import os
 import socket
@@ -16,7 +15,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from adaptive_rl import models, parallel
-from adaptive_rl.rl.config import ConfigError, parse_config
+from adaptive_rl.rl.config import ConfigError, load_config_file, parse_config
 from adaptive_rl.rl.trainer import Trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -41,11 +40,7 @@ _ATOL = 1e-6
 
 
 def _config(**mesh):
-  spec = importlib.util.spec_from_file_location("quickstart",
-                                                os.path.join(ROOT, "configs", "quickstart.py"))
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  c = mod.get_config("smoke=True")
+  c = load_config_file(os.path.join(ROOT, "configs", "quickstart.py"), "smoke=True")
   for key, value in _SHRINK.items():
     section, name = key.split(".")
     c[section][name] = value

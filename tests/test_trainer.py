@@ -1,7 +1,6 @@
 """End-to-end trainer tests on a tiny config: outputs, exact resume, no recompiles, zero
 advantages give no update, ratio 1 on the first epoch, bad config and reward errors."""
 
-import importlib.util
 import json
 import os
 import signal
@@ -13,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from adaptive_rl.rl.config import ConfigError, parse_config
+from adaptive_rl.rl.config import ConfigError, load_config_file, parse_config
 from adaptive_rl.rl.trainer import Preempted, Trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -29,11 +28,7 @@ _OVERRIDES = {
 
 
 def _config(**rl):
-  spec = importlib.util.spec_from_file_location("quickstart",
-                                                os.path.join(ROOT, "configs", "quickstart.py"))
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  c = mod.get_config("smoke=True")
+  c = load_config_file(os.path.join(ROOT, "configs", "quickstart.py"), "smoke=True")
   for dotted, value in _OVERRIDES.items():
     section, key = dotted.split(".")
     c[section][key] = value

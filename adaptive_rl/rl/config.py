@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.util
+import os
 from typing import Any
 
 from adaptive_rl.models.lora import DEFAULT_TARGETS, LoraConfig
@@ -346,6 +348,18 @@ def _mapping(raw: dict[str, Any], name: str, default: Any = None) -> dict[str, A
     if not isinstance(key, str):
       raise ConfigError(f"config.{name} has a non-string key {key!r}")
   return dict(value)
+
+
+def load_config_file(path: str, arg: str = ""):
+  """`get_config(arg)` of a config file such as configs/quickstart.py (what `--config
+  path:arg` gives `launch/train.py`), for notebooks, tests and benchmarks."""
+  spec = importlib.util.spec_from_file_location(
+      os.path.splitext(os.path.basename(path))[0], path)
+  if spec is None or spec.loader is None:
+    raise ConfigError(f"cannot load config file {path}")
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod.get_config(arg)
 
 
 def parse_config(config) -> RunConfig:
