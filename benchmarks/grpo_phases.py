@@ -11,7 +11,8 @@ allocator, sampler log-probs as old log-probs, entropy metric on, no KL). Phases
   decode      the sampling round minus prefill and reward (the `while_loop` of decode steps)
   reward      the in-graph reward function on the round's completions
   observe     budget observation of the round's rewards (`finish_round`)
-  logprobs    forward pass of the policy's completion log-probs (+ entropy) for the batch
+  logprobs    forward pass of the policy's completion log-probs (+ entropy) for the batch (each
+              prompt once, its completions attending to it: `StepConfig.share_prompts`)
   backward    value_and_grad of the clipped surrogate minus its forward (`logprobs`) pass
   optimizer   AdamW (optax update + apply_updates) on gradient-shaped trees
   allocation  the allocator's per-prompt state update (fused in the train step)
@@ -120,16 +121,16 @@ def run(size_name: str, repeats: int, scan_layers: bool, trace: str | None) -> d
   finish = jax.jit(ours.finish_round_fn)
   t["observe"] = _time(lambda: finish(pool, round_state, plan, jnp.int32(0), None), repeats)
 
-  b = {"prompts": pool.prompts, "prompt_lengths": pool.prompt_lengths,
-       "completions": pool.completions, "lengths": pool.lengths}
+  b = {"completions": pool.completions, "lengths": pool.lengths}
   mask = jnp.arange(n)[None, :] < pool.lengths[:, None]
   adv = jax.random.normal(jax.random.key(0), pool.lengths.shape)
   loss_cfg = LossConfig(eps_low=_peer.EPS, eps_high=_peer.EPS, dual_clip=None, kl_coef=0.0,
                         loss_agg=_peer.LOSS_AGG)
 
-  def lp_fn(params):
-    return completion_logprobs(cfg, params, b["prompts"], b["prompt_lengths"], b["completions"],
-                               b["lengths"], with_entropy=True)
+  def lp_fn(params):  # as the step runs it: each prompt's forward once (share_prompts)
+    return completion_logprobs(cfg, params, unique_prompts, ours.data["prompt_lengths"][ids],
+                               b["completions"], b["lengths"], with_entropy=True,
+                               prompt_index=pool.prompt)
 
   def loss_fn(params):
     lp, ent = lp_fn(params)

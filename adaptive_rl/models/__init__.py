@@ -13,6 +13,7 @@ from adaptive_rl.models.transformer import (
     AdaptedParams,
     KVCache,
     Params,
+    Prefix,
     apply,
     embed_tokens,
     init,

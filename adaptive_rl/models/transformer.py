@@ -72,6 +72,24 @@ class KVCache(NamedTuple):
     return self.k[0].shape[2] if isinstance(self.k, tuple) else self.k.shape[3]
 
 
+class Prefix(NamedTuple):
+  """Keys / values of shared prefixes (e.g. one prompt's, for its G completions), computed once.
+
+  `apply(..., return_kv=True)` returns one for the tokens it ran (index None); pass it with
+  `index` set as `apply(..., prefix=...)` and row b attends first to prefix `index[b]`'s valid
+  slots, then causally to its own tokens. Gradients flow into the prefix computation (a
+  scatter-add over the rows that share it), so training on [U, P] prompts + [B, N] completions
+  equals training on the [B, P + N] concatenation at (U + B N / P) / B of the prompt cost.
+  """
+
+  # [L, U, P, K, Dh] (stacked, as scanned) or a tuple of L per-layer [U, P, K, Dh] (unrolled);
+  # keys after RoPE.
+  k: jax.Array | tuple[jax.Array, ...]
+  v: jax.Array | tuple[jax.Array, ...]
+  valid: jax.Array  # [U, P] bool: slots holding a real (non-pad) token
+  index: jax.Array | None = None  # [B] int32: the prefix each row continues
+
+
 def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype: Any = None) -> KVCache:
   """An empty cache with `max_len` slots per sequence (per-layer buffers when unrolled)."""
   dtype = dtype or cfg.compute_dtype
@@ -260,14 +278,18 @@ def _attention(cfg: ModelConfig, q_BTHD, k_BKSD, v_BKSD, mask_BTS) -> jax.Array:
 
 
 def _block(cfg: ModelConfig, inv_freq, x_BTD, layer, positions_BT, mask_BTS, kv,
-           adapters: Params | None = None, scale: float = 0.0):
+           adapters: Params | None = None, scale: float = 0.0, prefix_kv=None,
+           return_kv: bool = False):
   """One decoder block (`adapters`: this layer's LoRA adapters, by projection name).
 
   `kv` is None (attend within the T tokens) or (k, v, layer_index, index) with index the slot
   of the first new token: either the stacked cache [L, B, K, S, Dh] and this layer's index in
   it, or (layer_index None) this layer's own [B, K, S, Dh] buffers. The new tokens' keys /
   values are written into the cache first and the layer then attends to (its slice of) it.
-  Returns (x, (k, v)) with the updated caches, (None, None) without `kv`.
+  Without `kv`, `prefix_kv` = (k [U, P, K, Dh], v, row index [B]) puts each row's prefix keys /
+  values before its own (mask_BTS is then [B, T, P + T]).
+  Returns (x, (k, v)): the updated caches; without `kv` the T tokens' own [B, T, K, Dh] keys /
+  values if `return_kv`, else (None, None).
   """
   dt = cfg.compute_dtype
   adapters = adapters or {}
@@ -284,28 +306,34 @@ def _block(cfg: ModelConfig, inv_freq, x_BTD, layer, positions_BT, mask_BTS, kv,
     k = rms_norm(k, layer["k_norm"], cfg.rms_norm_eps)
   q = constrain(apply_rope(q, positions_BT, inv_freq), ("batch", "length", "heads", "head_dim"))
   k = constrain(apply_rope(k, positions_BT, inv_freq), ("batch", "length", "kv_heads", "head_dim"))
-  if kv is None and cfg.attention == "dot_product_attention":
-    # One fused op (cuDNN flash attention on GPU where eligible) on [B, T, heads, Dh] as is.
-    attn = jax.nn.dot_product_attention(q, k, v, mask=mask_BTS[:, None],
-                                        scale=1.0 / math.sqrt(q.shape[-1]))
-    caches = (None, None)
+  if kv is None:
+    caches = (k, v) if return_kv else (None, None)
+    keys, values = k, v
+    if prefix_kv is not None:  # each row's shared prefix first: [B, P + T, K, Dh]
+      pk, pv, index = prefix_kv
+      keys = jnp.concatenate([jnp.take(pk, index, axis=0).astype(dt), k], axis=1)
+      values = jnp.concatenate([jnp.take(pv, index, axis=0).astype(dt), v], axis=1)
+    if cfg.attention == "dot_product_attention":
+      # One fused op (cuDNN flash attention on GPU where eligible) on [B, T, heads, Dh] as is.
+      attn = jax.nn.dot_product_attention(q, keys, values, mask=mask_BTS[:, None],
+                                          scale=1.0 / math.sqrt(q.shape[-1]))
+    else:
+      attn = _attention(cfg, q, keys.transpose(0, 2, 1, 3), values.transpose(0, 2, 1, 3),
+                        mask_BTS)
   else:
     k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, K, T, Dh]
-    if kv is None:
-      keys, values, caches = k, v, (None, None)
+    k_all, v_all, i, index = kv
+    if i is None:  # this layer's own buffers
+      k_all = jax.lax.dynamic_update_slice(k_all, k.astype(k_all.dtype), (0, 0, index, 0))
+      v_all = jax.lax.dynamic_update_slice(v_all, v.astype(v_all.dtype), (0, 0, index, 0))
+      keys, values = k_all.astype(dt), v_all.astype(dt)
     else:
-      k_all, v_all, i, index = kv
-      if i is None:  # this layer's own buffers
-        k_all = jax.lax.dynamic_update_slice(k_all, k.astype(k_all.dtype), (0, 0, index, 0))
-        v_all = jax.lax.dynamic_update_slice(v_all, v.astype(v_all.dtype), (0, 0, index, 0))
-        keys, values = k_all.astype(dt), v_all.astype(dt)
-      else:
-        start = (i, 0, 0, index, 0)
-        k_all = jax.lax.dynamic_update_slice(k_all, k.astype(k_all.dtype)[None], start)
-        v_all = jax.lax.dynamic_update_slice(v_all, v.astype(v_all.dtype)[None], start)
-        keys = jax.lax.dynamic_index_in_dim(k_all, i, 0, keepdims=False).astype(dt)
-        values = jax.lax.dynamic_index_in_dim(v_all, i, 0, keepdims=False).astype(dt)
-      caches = (k_all, v_all)
+      start = (i, 0, 0, index, 0)
+      k_all = jax.lax.dynamic_update_slice(k_all, k.astype(k_all.dtype)[None], start)
+      v_all = jax.lax.dynamic_update_slice(v_all, v.astype(v_all.dtype)[None], start)
+      keys = jax.lax.dynamic_index_in_dim(k_all, i, 0, keepdims=False).astype(dt)
+      values = jax.lax.dynamic_index_in_dim(v_all, i, 0, keepdims=False).astype(dt)
+    caches = (k_all, v_all)
     attn = _attention(cfg, q, keys, values, mask_BTS)
   x_BTD = x_BTD + dense(attn, "wo", n_in=2)
   x_BTD = constrain(x_BTD, ("batch", "length", "embed"))
@@ -327,7 +355,8 @@ _REMAT_POLICIES = {
 def apply(cfg: ModelConfig, params: Params, tokens_BT: jax.Array,
           positions_BT: jax.Array | None = None, *, cache: KVCache | None = None,
           segment_ids_BT: jax.Array | None = None, return_hidden: bool = False,
-          input_embeds_BTD: jax.Array | None = None) -> tuple[jax.Array, KVCache | None]:
+          input_embeds_BTD: jax.Array | None = None, prefix: Prefix | None = None,
+          return_kv: bool = False) -> tuple[jax.Array, Any]:
   """Runs the decoder.
 
   Args:
@@ -344,9 +373,15 @@ def apply(cfg: ModelConfig, params: Params, tokens_BT: jax.Array,
       callers can project to the vocabulary in chunks (`unembed`).
     input_embeds_BTD: token embeddings to use instead of looking `tokens_BT` up (e.g. to take
       gradients with respect to them).
+    prefix: a `Prefix` (from `return_kv=True`) with `index` set: row b's tokens follow prefix
+      `index[b]` (they attend to its valid slots first; `positions_BT` must continue it).
+      Without a cache only.
+    return_kv: return these T tokens' keys / values as a `Prefix` (index None) in place of the
+      cache. Without a cache only.
 
   Returns:
-    (logits [B, T, V] float32, or hidden [B, T, D]) and the updated cache (None without one).
+    (logits [B, T, V] float32, or hidden [B, T, D]) and the updated cache (None without one;
+    the `Prefix` of these tokens with `return_kv`).
   """
   b, t = tokens_BT.shape
   if segment_ids_BT is None:
@@ -354,8 +389,13 @@ def apply(cfg: ModelConfig, params: Params, tokens_BT: jax.Array,
   real_BT = segment_ids_BT != 0
   if positions_BT is None:
     positions_BT = positions_from_mask(real_BT)
-    if cache is not None:
-      raise ValueError("apply: positions are required with a cache (they continue the prefix)")
+    if cache is not None or prefix is not None:
+      raise ValueError("apply: positions are required with a cache or a prefix (they continue "
+                       "it)")
+  if cache is not None and (prefix is not None or return_kv):
+    raise ValueError("apply: `prefix` / `return_kv` are for the uncached forward")
+  if prefix is not None and prefix.index is None:
+    raise ValueError("apply: `prefix.index` (the prefix of each row) is required")
   dt = cfg.compute_dtype
   base, adapters, scale = split_adapted(params)
   if input_embeds_BTD is None:
@@ -368,6 +408,10 @@ def apply(cfg: ModelConfig, params: Params, tokens_BT: jax.Array,
     seg = segment_ids_BT
     causal = jnp.tril(jnp.ones((t, t), bool))
     mask = causal[None] & (seg[:, :, None] == seg[:, None, :]) & real_BT[:, None, :]
+    if prefix is not None:  # [B, T, P + T]: the row's prefix slots, then its own tokens
+      pvalid = jnp.take(prefix.valid, prefix.index, axis=0)
+      mask = jnp.concatenate(
+          [jnp.broadcast_to(pvalid[:, None, :], (b, t, pvalid.shape[1])), mask], axis=2)
     valid = None
   else:
     s = cache.max_len
@@ -384,12 +428,15 @@ def apply(cfg: ModelConfig, params: Params, tokens_BT: jax.Array,
     raise ValueError("apply: with scan_layers=False the cache must be init_cache's per-layer "
                      "tuple")
 
-  def body(carry, layer_and_adapters):
+  def body(carry, xs):
     x, i, kv = carry
-    layer, layer_adapters = layer_and_adapters
+    layer, layer_adapters, prefix_kv = xs
     x, kv = _block(cfg, inv_freq, x, layer, positions_BT, mask,
-                   None if kv is None else (*kv, i, cache.index), layer_adapters, scale)
-    return (x, None if i is None else i + 1, None if cache is None else kv), None
+                   None if kv is None else (*kv, i, cache.index), layer_adapters, scale,
+                   None if prefix_kv is None else (*prefix_kv, prefix.index), return_kv)
+    if cache is None:  # these tokens' keys / values as the scan's per-layer output
+      return (x, None if i is None else i + 1, None), (kv if return_kv else None)
+    return (x, None if i is None else i + 1, kv), None
 
   if cfg.remat != "none" and cache is None:
     body = jax.checkpoint(body, policy=_REMAT_POLICIES[cfg.remat], prevent_cse=False)
@@ -399,9 +446,12 @@ def apply(cfg: ModelConfig, params: Params, tokens_BT: jax.Array,
     # (dynamic_update_slice on a loop-carried buffer is done in place), instead of the cache
     # flowing through as scan input and output, which rewrites every slot of every layer.
     kv = None if cache is None else (cache.k, cache.v)
-    (x, _, kv), _ = jax.lax.scan(body, (x, jnp.zeros((), jnp.int32), kv),
-                                 (base["layers"], adapter_layers))
+    prefix_kv = None if prefix is None else (prefix.k, prefix.v)
+    (x, _, kv), ys = jax.lax.scan(body, (x, jnp.zeros((), jnp.int32), kv),
+                                  (base["layers"], adapter_layers, prefix_kv))
     new_k, new_v = (None, None) if kv is None else kv
+    if return_kv:
+      new_k, new_v = ys
   else:  # unrolled: no stacked residuals or per-step slices; compile time grows with depth
     layers = base["layers"] if not stacked else _unstack(base["layers"])
     if adapter_layers and not isinstance(adapter_layers, tuple):
@@ -409,14 +459,20 @@ def apply(cfg: ModelConfig, params: Params, tokens_BT: jax.Array,
     new_k, new_v = [], []
     for i in range(cfg.num_layers):
       kv = None if cache is None else (cache.k[i], cache.v[i])
-      (x, _, kv), _ = body((x, None, kv),
-                           (layers[i], adapter_layers[i] if adapter_layers else {}))
-      if cache is not None:
+      prefix_kv = None if prefix is None else (prefix.k[i], prefix.v[i])
+      (x, _, kv), ys = body((x, None, kv),
+                            (layers[i], adapter_layers[i] if adapter_layers else {}, prefix_kv))
+      kv = kv if cache is not None else ys
+      if kv is not None:
         new_k.append(kv[0])
         new_v.append(kv[1])
     new_k, new_v = tuple(new_k), tuple(new_v)
-  new_cache = None if cache is None else KVCache(k=new_k, v=new_v, valid=valid,
-                                                 index=cache.index + t)
+  if cache is not None:
+    new_cache = KVCache(k=new_k, v=new_v, valid=valid, index=cache.index + t)
+  elif return_kv:
+    new_cache = Prefix(k=new_k, v=new_v, valid=real_BT)
+  else:
+    new_cache = None
   x = rms_norm(x, base["final_norm"], cfg.rms_norm_eps)
   if return_hidden:
     return x, new_cache

@@ -36,19 +36,28 @@ def completion_logprobs(model_cfg: ModelConfig, params: Params, prompts_BP: jax.
                         prompt_lengths_B: jax.Array, completions_BN: jax.Array,
                         completion_lengths_B: jax.Array, *, chunk_size: int = 0,
                         with_entropy: bool = False, input_embeds: jax.Array | None = None,
+                        prompt_index: jax.Array | None = None,
                         ) -> tuple[jax.Array, jax.Array | None]:
   """log pi(completion token | prefix) for every completion position.
+
+  With `prompt_index`, `prompts_BP` / `prompt_lengths_B` are the U distinct prompts ([U, P],
+  [U]) and completion row b continues prompt `prompt_index[b]`: each prompt's forward pass runs
+  once and its rows attend to its keys / values (`models.Prefix`), instead of once per row. The
+  result equals the per-row computation on `prompts_BP[prompt_index]` (up to float rounding);
+  gradients reach the shared prompt positions summed over their rows.
 
   Args:
     model_cfg: model config.
     params: model params.
-    prompts_BP: left-padded prompts.
+    prompts_BP: left-padded prompts ([U, P] distinct ones with `prompt_index`).
     prompt_lengths_B: real prompt lengths.
     completions_BN: sampled tokens (pad after eos).
     completion_lengths_B: tokens generated including eos.
     chunk_size: positions per vocabulary projection (0 = all N at once).
     with_entropy: also return per-token entropies of the temperature-1 policy.
-    input_embeds: optional [B, P + N, D] embeddings of prompt + completion tokens.
+    input_embeds: optional [B, P + N, D] embeddings of prompt + completion tokens (not with
+      `prompt_index`).
+    prompt_index: optional [B] int32: the prompt (row of `prompts_BP`) each completion continues.
 
   Returns:
     (logp [B, N] float32, entropy [B, N] or None); positions past the length hold garbage that
@@ -56,15 +65,29 @@ def completion_logprobs(model_cfg: ModelConfig, params: Params, prompts_BP: jax.
   """
   p = prompts_BP.shape[1]
   n = completions_BN.shape[1]
-  tokens = jnp.concatenate([prompts_BP, completions_BN], axis=1)
-  seg = sequence_mask(prompt_lengths_B, completion_lengths_B, p, n)
-  # Positions continue from the prompt through the completion (pad slots get any position).
-  positions = positions_from_mask(jnp.concatenate(
-      [seg[:, :p], jnp.ones_like(completions_BN)], axis=1))
-  hidden, _ = apply(model_cfg, params, tokens, positions, segment_ids_BT=seg, return_hidden=True,
-                    input_embeds_BTD=input_embeds)
-  # The hidden state at position t predicts token t + 1.
-  h = hidden[:, p - 1:p + n - 1]
+  if prompt_index is None:
+    tokens = jnp.concatenate([prompts_BP, completions_BN], axis=1)
+    seg = sequence_mask(prompt_lengths_B, completion_lengths_B, p, n)
+    # Positions continue from the prompt through the completion (pad slots get any position).
+    positions = positions_from_mask(jnp.concatenate(
+        [seg[:, :p], jnp.ones_like(completions_BN)], axis=1))
+    hidden, _ = apply(model_cfg, params, tokens, positions, segment_ids_BT=seg,
+                      return_hidden=True, input_embeds_BTD=input_embeds)
+    # The hidden state at position t predicts token t + 1.
+    h = hidden[:, p - 1:p + n - 1]
+  else:
+    if input_embeds is not None:
+      raise ValueError("completion_logprobs: input_embeds with prompt_index is not supported")
+    seg_p = (jnp.arange(p)[None, :] >= (p - prompt_lengths_B)[:, None]).astype(jnp.int32)
+    hidden_p, prefix = apply(model_cfg, params, prompts_BP, positions_from_mask(seg_p),
+                             segment_ids_BT=seg_p, return_hidden=True, return_kv=True)
+    seg_c = (jnp.arange(n)[None, :] < completion_lengths_B[:, None]).astype(jnp.int32)
+    positions_c = jnp.take(prompt_lengths_B, prompt_index)[:, None] + jnp.arange(n)[None, :]
+    hidden_c, _ = apply(model_cfg, params, completions_BN, positions_c, segment_ids_BT=seg_c,
+                        return_hidden=True, prefix=prefix._replace(index=prompt_index))
+    # The prompt's last position predicts completion token 0; completion token t, token t + 1.
+    h = jnp.concatenate([jnp.take(hidden_p[:, p - 1:], prompt_index, axis=0),
+                         hidden_c[:, :n - 1]], axis=1)
   chunk = n if chunk_size <= 0 else min(chunk_size, n)
   pad = (-n) % chunk
   targets = completions_BN

@@ -71,6 +71,10 @@ class StepConfig:
     tau: binarisation threshold of rewards (counts, all-correct / all-wrong).
     overlong_buffer: DAPO soft overlong penalty buffer length in tokens (0 = off).
     mask_truncated: completions that hit max_new_tokens without eos don't enter the loss.
+    share_prompts: run each chosen prompt's forward pass once per micro-batch and let its
+      completions attend to its keys / values (`models.Prefix`), instead of once per row;
+      used when a micro-batch has more rows than the step has prompts. The same log-probs and
+      gradients up to float rounding, at (U P + R N) / (R (P + N)) of the token count.
     inject_nan_step: a fault-injection hook for testing the NaN guard: the loss of this RL step
       (1-based) is made NaN (0 = off).
   """
@@ -85,6 +89,7 @@ class StepConfig:
   tau: float = 0.5
   overlong_buffer: int = 0
   mask_truncated: bool = False
+  share_prompts: bool = True
   inject_nan_step: int = 0
 
   def __post_init__(self):
@@ -179,10 +184,16 @@ def make_train_step(model_cfg: ModelConfig, cfg: StepConfig, allocator: Allocato
   def policy(trainable, base):
     return trainable if lora_scale is None else AdaptedParams(base, trainable, lora_scale)
 
-  def logprobs(params, b, with_entropy):
-    return completion_logprobs(model_cfg, params, b["prompts"], b["prompt_lengths"],
-                               b["completions"], b["lengths"], chunk_size=cfg.logprob_chunk,
-                               with_entropy=with_entropy)
+  def logprobs(params, b, with_entropy, shared):
+    """Log-probs of batch `b`'s rows; `shared` = (prompts [U, P], lengths [U]): rows name
+    their prompt by b["prompt"] (prefix sharing) instead of carrying its tokens."""
+    if shared is None:
+      prompts, prompt_lengths, index = b["prompts"], b["prompt_lengths"], None
+    else:
+      (prompts, prompt_lengths), index = shared, b["prompt"]
+    return completion_logprobs(model_cfg, params, prompts, prompt_lengths, b["completions"],
+                               b["lengths"], chunk_size=cfg.logprob_chunk,
+                               with_entropy=with_entropy, prompt_index=index)
 
   def weight_of(mask):
     """How much a micro-batch counts in its mini-batch's aggregate (exact accumulation)."""
@@ -190,15 +201,15 @@ def make_train_step(model_cfg: ModelConfig, cfg: StepConfig, allocator: Allocato
       return jnp.sum(mask)
     return jnp.sum(jnp.any(mask, axis=-1))
 
-  def micro_loss(params, base, b):
-    lp, ent = logprobs(policy(params, base), b, cfg.compute_entropy)
+  def micro_loss(params, base, shared, b):
+    lp, ent = logprobs(policy(params, base), b, cfg.compute_entropy, shared)
     loss, m = policy_loss(loss_cfg, lp, b["old_logp"], b.get("ref_logp"), b["advantages"],
                           b["mask"], ent)
     if cfg.inject_nan_step:
       loss = loss * jnp.where(b["poison"][0], jnp.nan, 1.0)
     return loss, m
 
-  def minibatch_update(base, carry, mb):
+  def minibatch_update(base, shared, carry, mb):
     params, opt_state = carry
     k = cfg.micro_batches
     micro = jax.tree.map(lambda x: x.reshape(k, x.shape[0] // k, *x.shape[1:]), mb)
@@ -206,7 +217,8 @@ def make_train_step(model_cfg: ModelConfig, cfg: StepConfig, allocator: Allocato
 
     def accumulate(acc, m):
       w = weight_of(m["mask"]).astype(jnp.float32) / total_w
-      (loss, metrics), grads = jax.value_and_grad(micro_loss, has_aux=True)(params, base, m)
+      (loss, metrics), grads = jax.value_and_grad(micro_loss, has_aux=True)(params, base,
+                                                                            shared, m)
       acc_g, acc_m = acc
       acc_g = jax.tree.map(lambda a, g: a + w * g, acc_g, grads)
       acc_m = jax.tree.map(lambda a, v: a + w * v, acc_m, metrics)
@@ -214,7 +226,7 @@ def make_train_step(model_cfg: ModelConfig, cfg: StepConfig, allocator: Allocato
 
     zeros_g = jax.tree.map(jnp.zeros_like, params)
     zeros_m = jax.tree.map(lambda x: jnp.zeros((), jnp.float32),
-                           jax.eval_shape(lambda: micro_loss(params, base, jax.tree.map(
+                           jax.eval_shape(lambda: micro_loss(params, base, shared, jax.tree.map(
                                lambda x: x[0], micro))[1]))
     (grads, metrics), _ = jax.lax.scan(accumulate, (zeros_g, zeros_m), micro)
     grad_norm = optax.global_norm(grads)
@@ -231,11 +243,23 @@ def make_train_step(model_cfg: ModelConfig, cfg: StepConfig, allocator: Allocato
     view = pool.view()
     groups = group_role.form(view)
     rows = groups.index
+    t = rows.shape[0]
+    mbs = cfg.mini_batches
     b = {
-        "prompts": pool.prompts[rows], "prompt_lengths": pool.prompt_lengths[rows],
         "completions": pool.completions[rows], "lengths": pool.lengths[rows],
         "advantages": jnp.where(groups.valid, groups.advantages, 0.0),
     }
+    u = ids.shape[0]
+    shared = None
+    if cfg.share_prompts and u < t // (mbs * cfg.micro_batches):
+      # One pool row per chosen prompt (a valid one where there is one; never-sampled prompts
+      # get any row, and no training row refers to them).
+      match = (pool.prompt[None, :] == jnp.arange(u)[:, None]).astype(jnp.int32)
+      first = jnp.argmax(match * (1 + pool.valid[None, :].astype(jnp.int32)), axis=1)
+      shared = (pool.prompts[first], pool.prompt_lengths[first])
+      b["prompt"] = pool.prompt[rows]
+    else:
+      b["prompts"], b["prompt_lengths"] = pool.prompts[rows], pool.prompt_lengths[rows]
     n = pool.completions.shape[1]
     token_ok = jnp.arange(n)[None, :] < b["lengths"][:, None]
     row_ok = groups.valid
@@ -243,15 +267,14 @@ def make_train_step(model_cfg: ModelConfig, cfg: StepConfig, allocator: Allocato
       row_ok = row_ok & ~pool.truncated[rows]
     b["mask"] = token_ok & row_ok[:, None]
     if cfg.recompute_old_logp:
-      b["old_logp"] = jax.lax.stop_gradient(logprobs(policy(state.params, base), b, False)[0])
+      b["old_logp"] = jax.lax.stop_gradient(
+          logprobs(policy(state.params, base), b, False, shared)[0])
     else:
       b["old_logp"] = pool.logp[rows]
     if cfg.needs_ref:
       ref = state.ref_params if lora_scale is None else base  # LoRA: the frozen base
-      b["ref_logp"] = jax.lax.stop_gradient(logprobs(ref, b, False)[0])
+      b["ref_logp"] = jax.lax.stop_gradient(logprobs(ref, b, False, shared)[0])
 
-    t = rows.shape[0]
-    mbs = cfg.mini_batches
     rng, perm_key = jax.random.split(state.rng)
 
     def epoch_batches(key):
@@ -263,7 +286,7 @@ def make_train_step(model_cfg: ModelConfig, cfg: StepConfig, allocator: Allocato
     keys = jax.random.split(perm_key, cfg.ppo_epochs)
     batches = jax.vmap(epoch_batches)(keys)
     batches = jax.tree.map(lambda x: x.reshape(cfg.ppo_epochs * mbs, *x.shape[2:]), batches)
-    (params, opt_state), upd = jax.lax.scan(functools.partial(minibatch_update, base),
+    (params, opt_state), upd = jax.lax.scan(functools.partial(minibatch_update, base, shared),
                                             (state.params, state.opt_state), batches)
 
     # Allocator state update, fused into the step.
