@@ -149,6 +149,26 @@ def test_inverse_cdf_sampling_matches_distribution():
   np.testing.assert_allclose(np.asarray(lp)[tokens == 2], np.log(0.4 / 0.7), atol=1e-5)
 
 
+def test_inverse_cdf_two_level_search_equals_float64_reference():
+  # V = 1000 over 8 blocks of 128 (the last padded), whole zero blocks, zeros at block edges:
+  # the block-then-entry search draws the token a float64 inverse CDF gives for the same
+  # uniform (the one jax.random.uniform(key, (B, 1)) yields), and never a zero-probability one.
+  rng = np.random.default_rng(0)
+  v, b = 1000, 4000
+  probs = rng.random(v) ** 4
+  probs[128:384] = 0.0  # two empty blocks
+  probs[[0, 127, 511, 512, 999]] = 0.0  # block edges and the last entry
+  probs /= probs.sum()
+  logp = jnp.log(jnp.asarray(probs, jnp.float32))[None].repeat(b, 0)
+  key = jax.random.key(7)
+  draws = np.asarray(sampling.strategies.inverse_cdf_sample(key, logp))
+  assert np.all(probs[draws] > 0)
+  p32 = np.exp(np.asarray(logp[0], np.float64))
+  u = np.asarray(jax.random.uniform(key, (b, 1), jnp.float32), np.float64)[:, 0]
+  expect = np.searchsorted(np.cumsum(p32), u * p32.sum(), side="right")
+  assert np.mean(draws == expect) >= 0.999, np.mean(draws == expect)
+
+
 def test_unrolled_model_samples_like_scanned(model):
   cfg, params = model
   toks, lens = sampling.left_pad(_prompts([3, 7, 5], cfg.vocab_size, seed=5), pad_id=0)
