@@ -263,17 +263,27 @@ def embed_tokens(params, tokens_BT: jax.Array) -> jax.Array:
 def _attention(cfg: ModelConfig, q_BTHD, k_BKSD, v_BKSD, mask_BTS) -> jax.Array:
   b, t, _, dh = q_BTHD.shape
   kh = cfg.num_kv_heads
+  g = cfg.num_heads // kh
   # [B, K, G*T, Dh]: the query heads sharing a kv head are stacked along the query axis, so
   # both contractions are plain batched matmuls over (B, K) against the cache as stored.
-  q = q_BTHD.reshape(b, t, kh, cfg.num_heads // kh, dh).transpose(0, 2, 3, 1, 4)
-  q = q.reshape(b, kh, -1, dh)
-  scores = jnp.einsum("bkqd,bksd->bkqs", q, k_BKSD,
-                      preferred_element_type=jnp.float32) / math.sqrt(dh)
-  scores = scores.reshape(b, kh, -1, t, scores.shape[-1])
-  scores = jnp.where(mask_BTS[:, None, None, :, :], scores, _NEG_INF)
-  probs = jax.nn.softmax(scores, axis=-1).astype(v_BKSD.dtype)
-  out = jnp.einsum("bkqs,bksd->bkqd", probs.reshape(b, kh, -1, probs.shape[-1]), v_BKSD)
-  out = out.reshape(b, kh, -1, t, dh).transpose(0, 3, 1, 2, 4)
+  q = q_BTHD.reshape(b, t, kh, g, dh).transpose(0, 2, 3, 1, 4)
+  q = q.reshape(b, kh, -1, dh) * jnp.asarray(1.0 / math.sqrt(dh), q_BTHD.dtype)
+  scores = jnp.einsum("bkqd,bksd->bkqs", q, k_BKSD, preferred_element_type=jnp.float32)
+  # The mask as an additive bias over the 4-D scores (tiled over the G query groups, rows
+  # g*T + t): a where / softmax over a broadcast 5-D view runs ~2x slower on XLA:CPU.
+  bias = jnp.tile(jnp.where(mask_BTS, 0.0, _NEG_INF)[:, None], (1, 1, g, 1))
+  scores = scores + bias
+  # Softmax normalised AFTER the value contraction (as flash attention does): exp(s - max) @ V
+  # / sum exp(s - max). The same values as softmax(s) @ V; the backward skips the softmax
+  # Jacobian's [.., S] passes (attention forward + backward ~2x faster on CPU, measured). A
+  # row with no valid slot (a pad query) gets the uniform average, as softmax would give it.
+  m = jax.lax.stop_gradient(jnp.max(scores, axis=-1, keepdims=True))
+  e = jnp.exp(scores - m)
+  denom = jnp.sum(e, axis=-1, keepdims=True)
+  out = jnp.einsum("bkqs,bksd->bkqd", e.astype(v_BKSD.dtype), v_BKSD,
+                   preferred_element_type=jnp.float32)
+  out = (out / denom).astype(v_BKSD.dtype)
+  out = out.reshape(b, kh, g, t, dh).transpose(0, 3, 1, 2, 4)
   return out.reshape(b, t, cfg.num_heads, dh)
 
 
