@@ -79,7 +79,7 @@ class Prefix(NamedTuple):
   `index` set as `apply(..., prefix=...)` and row b attends first to prefix `index[b]`'s valid
   slots, then causally to its own tokens. Gradients flow into the prefix computation (a
   scatter-add over the rows that share it), so training on [U, P] prompts + [B, N] completions
-  equals training on the [B, P + N] concatenation at (U + B N / P) / B of the prompt cost.
+  equals training on the [B, P + N] concatenation with U / B of its prompt-token work.
   """
 
   # [L, U, P, K, Dh] (stacked, as scanned) or a tuple of L per-layer [U, P, K, Dh] (unrolled);
