@@ -22,14 +22,18 @@ from adaptive_rl.models import (
 )
 
 
+def _real(lengths_B: jax.Array, width: int, left_padded: bool) -> jax.Array:
+  """[B, width] int32: 1 on the `lengths_B` real tokens (right-aligned if left-padded)."""
+  idx = jnp.arange(width)[None, :]
+  real = idx >= (width - lengths_B)[:, None] if left_padded else idx < lengths_B[:, None]
+  return real.astype(jnp.int32)
+
+
 def sequence_mask(prompt_lengths_B: jax.Array, completion_lengths_B: jax.Array, prompt_len: int,
                   completion_len: int) -> jax.Array:
   """[B, P + N] int32 segment ids: 1 on real prompt and completion tokens, 0 on padding."""
-  p_idx = jnp.arange(prompt_len)[None, :]
-  c_idx = jnp.arange(completion_len)[None, :]
-  prompt = p_idx >= (prompt_len - prompt_lengths_B)[:, None]
-  completion = c_idx < completion_lengths_B[:, None]
-  return jnp.concatenate([prompt, completion], axis=1).astype(jnp.int32)
+  return jnp.concatenate([_real(prompt_lengths_B, prompt_len, True),
+                          _real(completion_lengths_B, completion_len, False)], axis=1)
 
 
 def completion_logprobs(model_cfg: ModelConfig, params: Params, prompts_BP: jax.Array,
@@ -78,10 +82,10 @@ def completion_logprobs(model_cfg: ModelConfig, params: Params, prompts_BP: jax.
   else:
     if input_embeds is not None:
       raise ValueError("completion_logprobs: input_embeds with prompt_index is not supported")
-    seg_p = (jnp.arange(p)[None, :] >= (p - prompt_lengths_B)[:, None]).astype(jnp.int32)
+    seg_p = _real(prompt_lengths_B, p, left_padded=True)
     hidden_p, prefix = apply(model_cfg, params, prompts_BP, positions_from_mask(seg_p),
                              segment_ids_BT=seg_p, return_hidden=True, return_kv=True)
-    seg_c = (jnp.arange(n)[None, :] < completion_lengths_B[:, None]).astype(jnp.int32)
+    seg_c = _real(completion_lengths_B, n, left_padded=False)
     positions_c = jnp.take(prompt_lengths_B, prompt_index)[:, None] + jnp.arange(n)[None, :]
     hidden_c, _ = apply(model_cfg, params, completions_BN, positions_c, segment_ids_BT=seg_c,
                         return_hidden=True, prefix=prefix._replace(index=prompt_index))
