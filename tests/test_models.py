@@ -151,15 +151,23 @@ def test_cached_prefill_and_decode_equal_full_forward(nano):
   cfg, params = nano
   tokens = jnp.asarray(_tokens(cfg.vocab_size, b=2, t=10, seed=5))
   full, _ = models.apply(cfg, params, tokens)
-  cache = models.init_cache(cfg, 2, 16)
-  pos = jnp.broadcast_to(jnp.arange(10), (2, 10))
-  pre, cache = models.apply(cfg, params, tokens[:, :6], pos[:, :6], cache=cache)
+  logits, cache = _prefill_then_decode(cfg, params, tokens, models.init_cache(cfg, 2, 16), 6)
+  np.testing.assert_allclose(logits, full, atol=2e-5, rtol=2e-5)
+  assert int(cache.index) == 10
+
+
+def _prefill_then_decode(cfg, params, tokens, cache, prefill_len):
+  """Logits of `tokens` from a cached prefill of the first `prefill_len`, then one-token
+  decode steps; and the final cache."""
+  t = tokens.shape[1]
+  pos = jnp.broadcast_to(jnp.arange(t), tokens.shape)
+  pre, cache = models.apply(cfg, params, tokens[:, :prefill_len], pos[:, :prefill_len],
+                            cache=cache)
   outs = [pre]
-  for i in range(6, 10):
+  for i in range(prefill_len, t):
     step, cache = models.apply(cfg, params, tokens[:, i:i + 1], pos[:, i:i + 1], cache=cache)
     outs.append(step)
-  np.testing.assert_allclose(np.concatenate(outs, 1), full, atol=2e-5, rtol=2e-5)
-  assert int(cache.index) == 10
+  return np.concatenate(outs, 1), cache
 
 
 def test_packed_equals_unpacked(nano):
@@ -211,13 +219,9 @@ def test_unrolled_layers_equal_scanned_values_grads_and_cache(nano, remat):
   cache = models.init_cache(unrolled, 2, 16)
   assert isinstance(cache.k, tuple) and len(cache.k) == cfg.num_layers
   assert cache.k[0].shape == (2, cfg.num_kv_heads, 16, cfg.head_dim) and cache.max_len == 16
+  logits, _ = _prefill_then_decode(unrolled, params, tokens, cache, 6)
+  np.testing.assert_allclose(logits, full, atol=2e-5, rtol=2e-5)
   pos = jnp.broadcast_to(jnp.arange(10), (2, 10))
-  pre, cache = models.apply(unrolled, params, tokens[:, :6], pos[:, :6], cache=cache)
-  outs = [pre]
-  for i in range(6, 10):
-    step, cache = models.apply(unrolled, params, tokens[:, i:i + 1], pos[:, i:i + 1], cache=cache)
-    outs.append(step)
-  np.testing.assert_allclose(np.concatenate(outs, 1), full, atol=2e-5, rtol=2e-5)
   with pytest.raises(ValueError, match="scan_layers"):
     models.apply(cfg, params, tokens[:, :1], pos[:, :1], cache=models.init_cache(unrolled, 2, 16))
 
