@@ -178,3 +178,41 @@ def test_successive_elimination_loop():
   np.testing.assert_array_equal(res.num_pos, counters.pos)
   np.testing.assert_array_equal(res.num_neg, counters.neg)
   assert bool(res.one_class[2]) and not bool(res.keep[pool_np[1] == 2].any())
+
+
+def test_balanced_group_std_uses_binarised_counts_like_its_baseline():
+  """use_std: A_j = (r_j - p_hat) / max(std, 1e-6), where p_hat = P / (P + N) and std are both
+  taken from the prompt's binarised pool (P positives, N negatives):
+  std = sqrt(P N / ((P + N) (P + N - 1))), the unbiased std of P ones and N zeros. With 0 / 1
+  rewards that is the raw rewards' std; here the rewards are not binary, so it is not."""
+  from adaptive_rl.allocation.registry import build_allocator  # pylint: disable=import-outside-toplevel
+  from adaptive_rl.allocation.roles import PoolView  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(11)
+  b, n, t, tau = 5, 4, 80, 0.5
+  rewards = rng.choice([0.0, 0.2, 0.4, 0.6, 0.9, 1.0], size=t)
+  prompt = rng.integers(0, b, size=t)
+  order = rng.permutation(t)
+  valid = rng.random(t) < 0.8
+  group = build_allocator(dict(name="reinforce_ada", reinforce_ada=dict(use_std=True, tau=tau)),
+                          batch_prompts=b, group_size=n, tau=tau).group
+  pool = PoolView(prompt=jnp.asarray(prompt, jnp.int32), rewards=jnp.asarray(rewards, jnp.float32),
+                  valid=jnp.asarray(valid), order=jnp.asarray(order, jnp.int32))
+  out = jax.jit(group.form)(pool)
+
+  keep, p_hat, one_class, _ = _reference(rewards, prompt, order, valid, b, n, tau, "balanced")
+  keep &= ~one_class[prompt]
+  pos = np.bincount(prompt[valid & (rewards > tau)], minlength=b).astype(np.float64)
+  cnt = np.bincount(prompt[valid], minlength=b).astype(np.float64)
+  std = np.sqrt(pos * (cnt - pos) / (np.maximum(cnt, 1) * np.maximum(cnt - 1, 1)))
+  want = (rewards - p_hat[prompt]) / np.maximum(std[prompt], 1e-6)
+
+  rows = np.asarray(out.index)[np.asarray(out.valid)]
+  assert sorted(rows.tolist()) == np.flatnonzero(keep).tolist() and len(rows) > 0
+  np.testing.assert_allclose(np.asarray(out.advantages)[np.asarray(out.valid)], want[rows],
+                             rtol=1e-5)
+  np.testing.assert_array_equal(np.asarray(out.group)[np.asarray(out.valid)], prompt[rows])
+  assert not np.asarray(out.advantages)[~np.asarray(out.valid)].any()
+  # The raw rewards' std (the old, mixed-scale denominator) differs on every trained prompt.
+  trained = np.unique(prompt[rows])
+  raw = np.array([np.std(rewards[valid & (prompt == i)], ddof=1) for i in trained])
+  assert (np.abs(raw - std[trained]) > 1e-3).all()

@@ -57,7 +57,7 @@ class BalancedGroup:
     n: final group size (training rows = B n).
     tau: binarisation threshold.
     variant: "balanced" | "positive".
-    use_std: divide by the pool's reward std (max(std, 1e-6)); off by default.
+    use_std: divide by the std of the pool's binarised rewards (max(std, 1e-6)); off by default.
     drop_one_class: drop groups whose kept samples are all of one class (their A is 0).
     adv_clip: optional |A| bound.
   """
@@ -77,16 +77,16 @@ class BalancedGroup:
     b = self.num_groups
     g = reinforce_ada.form_groups(pool.rewards, pool.prompt, pool.order, pool.valid, b, self.n,
                                   self.tau, self.variant, self.drop_one_class)
-    seg = jnp.where(pool.valid, pool.prompt, b)
     prompt = jnp.minimum(pool.prompt, b - 1)
     baseline = g.p_hat[prompt]
     std = None
     if self.use_std:
-      cnt = jax.ops.segment_sum(pool.valid.astype(jnp.float32), seg, b + 1)[:b]
-      r = jnp.where(pool.valid, pool.rewards, 0.0)
-      mean = jax.ops.segment_sum(r, seg, b + 1)[:b] / jnp.maximum(cnt, 1)
-      var = jax.ops.segment_sum(jnp.where(pool.valid, (pool.rewards - mean[prompt])**2, 0.0),
-                                seg, b + 1)[:b] / jnp.maximum(cnt - 1, 1)
+      # The same binarised pool counts as p_hat (Reinforce-Ada's reference code): the unbiased
+      # std of the prompt's P ones and N zeros, sqrt(P N / ((P + N) (P + N - 1))). The raw
+      # rewards' std would mix scales with the binarised baseline unless rewards are 0 / 1.
+      pos, neg = g.num_pos.astype(jnp.float32), g.num_neg.astype(jnp.float32)
+      cnt = pos + neg
+      var = pos * neg / (jnp.maximum(cnt, 1.0) * jnp.maximum(cnt - 1.0, 1.0))
       std = jnp.maximum(jnp.sqrt(var), 1e-6)[prompt]
     # p_hat is the fraction of pool samples with reward > tau; with binary rewards it is the
     # pool's mean reward, the global baseline of §3.
