@@ -252,3 +252,11 @@ def test_group_metrics_empty_batch_is_zero_not_nan():
   m = adv_lib.group_metrics(stats)
   assert float(m["frac_all_correct"]) == 0.0 and float(m["frac_all_wrong"]) == 0.0
   assert not math.isnan(float(stats.mean[0]))
+
+
+def test_rl_advantages_re_exports_the_allocation_estimators():
+  # One implementation: the group roles (allocation/) and the losses (rl/) use the same objects.
+  from adaptive_rl.allocation import advantages as alloc_adv  # pylint: disable=import-outside-toplevel
+  for name in ("ADVANTAGE_ESTIMATORS", "compute_advantages", "group_advantages",
+               "baseline_advantages", "clip_advantages", "raft_advantages"):
+    assert getattr(adv_lib, name) is getattr(alloc_adv, name), name

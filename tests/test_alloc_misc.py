@@ -138,3 +138,21 @@ def test_dataset_scale_updates_have_no_quadratic_intermediates():
       pytest.skip("backend reports no memory analysis")
     state_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state))
     assert analysis.temp_size_in_bytes < 2 * state_bytes, fn.__name__
+
+
+# ----------------------------------------------------------------------------- layering
+
+
+def test_allocation_never_imports_rl():
+  """models <- sampling <- allocation <- rl <- launch: no module under allocation/ imports rl."""
+  import ast  # pylint: disable=import-outside-toplevel
+  import pathlib  # pylint: disable=import-outside-toplevel
+  root = pathlib.Path(__file__).resolve().parents[1] / "adaptive_rl" / "allocation"
+  bad = []
+  for path in sorted(root.glob("*.py")):
+    for node in ast.walk(ast.parse(path.read_text())):
+      names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+               [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+      bad += [f"{path.name}: {n}" for n in names
+              if n == "adaptive_rl.rl" or n.startswith("adaptive_rl.rl.")]
+  assert not bad, bad

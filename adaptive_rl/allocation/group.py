@@ -20,7 +20,7 @@ import jax.numpy as jnp
 
 from adaptive_rl.allocation import reinforce_ada
 from adaptive_rl.allocation.roles import Groups, PoolView
-from adaptive_rl.rl.advantages import compute_advantages
+from adaptive_rl.allocation.advantages import compute_advantages
 
 
 def compact(keep: jax.Array, size: int) -> tuple[jax.Array, jax.Array]:
