@@ -1,4 +1,4 @@
-"""Tests of the DAPO filter / accumulator and the VAS sampler, plus a dataset-scale size check."""
+"""Tests of the DAPO filter roles and the VAS sampler, a dataset-scale size check, and layering."""
 
 from __future__ import annotations
 
@@ -7,64 +7,105 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from adaptive_rl.allocation import dapo, dps, knapsack, vas
+from adaptive_rl.allocation import dps, knapsack, vas
+from adaptive_rl.allocation.registry import build_allocator
+from adaptive_rl.allocation.roles import PoolView
 
 # ----------------------------------------------------------------------------- DAPO
 
 
-def test_dapo_keep_matrix_and_flat():
-  c = jnp.array([[0, 0, 0, 0], [1, 0, 1, 1], [1, 1, 1, 1], [0, 1, 0, 0]])
-  np.testing.assert_array_equal(jax.jit(dapo.dapo_keep)(c), [False, True, False, True])
+def _dapo(b, n=4, max_gen_batches=3):
+  a = build_allocator(dict(name="dapo_filter", dapo=dict(max_gen_batches=max_gen_batches)),
+                      batch_prompts=b, group_size=n, tau=0.5)
+  return a.budget, a.group
+
+
+def _one_round_pool(rewards, valid, perm=None):
+  """A pool of one round of [G, n] groups (prompt g owns row g), optionally shuffled."""
+  g, n = rewards.shape
+  prompt = np.repeat(np.arange(g), n)
+  order = np.arange(g * n)
+  perm = np.arange(g * n) if perm is None else perm
+  return PoolView(prompt=jnp.asarray(prompt[perm], jnp.int32),
+                  rewards=jnp.asarray(rewards.reshape(-1)[perm], jnp.float32),
+                  valid=jnp.asarray(valid.reshape(-1)[perm]),
+                  order=jnp.asarray(order[perm], jnp.int32))
+
+
+def _trained_groups(out):
+  """Chosen-prompt indices that train, in order of first appearance."""
+  g = np.asarray(out.group)[np.asarray(out.valid)]
+  return list(dict.fromkeys(g.tolist()))
+
+
+def test_dapo_keeps_mixed_groups_ragged_and_flat():
+  budget, group = _dapo(4, max_gen_batches=1)
+  c = np.array([[0, 0, 0, 0], [1, 0, 1, 1], [1, 1, 1, 1], [0, 1, 0, 0]], np.float32)
+  full = np.ones((4, 4), bool)
+  plan = budget.plan((), budget.start((), jnp.arange(4)), 0)
+  kept, done = jax.jit(budget.observe)(jnp.int32(0), plan, jnp.asarray(c.reshape(-1)))
+  assert int(kept) == 2 and not bool(done)  # groups 1 and 3 are mixed; 4 were wanted
+  form = jax.jit(group.form)
+  assert _trained_groups(form(_one_round_pool(c, full))) == [1, 3]
   # Ragged groups: row 2 has only its 3 valid (correct) entries -> all equal -> dropped.
-  valid = jnp.array([[1, 1, 1, 1], [1, 1, 1, 1], [1, 1, 1, 0], [1, 1, 0, 0]], bool)
-  c2 = c.at[2, 3].set(0)
-  np.testing.assert_array_equal(dapo.dapo_keep(c2, valid), [False, True, False, True])
-  flat = c.reshape(-1)
-  gid = jnp.repeat(jnp.arange(4), 4)
-  got = jax.jit(dapo.dapo_keep_flat, static_argnames=("num_groups",))(flat, gid, num_groups=4)
-  np.testing.assert_array_equal(got, dapo.dapo_keep(c))
+  valid = np.array([[1, 1, 1, 1], [1, 1, 1, 1], [1, 1, 1, 0], [1, 1, 0, 0]], bool)
+  c2 = c.copy()
+  c2[2, 3] = 0
+  ragged = plan._replace(slot_valid=jnp.asarray(valid.reshape(-1)))
+  assert int(budget.observe(jnp.int32(0), ragged, jnp.asarray(c2.reshape(-1)))[0]) == 2
+  assert _trained_groups(form(_one_round_pool(c2, valid))) == [1, 3]
+  # A flat pool in any row order (groups by id, segment sums) keeps the same groups.
+  perm = np.random.default_rng(0).permutation(16)
+  assert sorted(_trained_groups(form(_one_round_pool(c, full, perm)))) == [1, 3]
 
 
-_accumulate = jax.jit(dapo.dapo_accumulate)
-
-
-def _run_dynamic_sampling(capacity, max_gen_batches, success, seed):
-  """The host loop of dynamic sampling; rows carry (batch, group) so we can audit the order."""
+def _run_dynamic_sampling(b, max_gen_batches, success, seed, n=4):
+  """The rounds of dynamic sampling with the real roles, on the host: each round samples n for
+  b fresh prompts until the budget has b mixed groups or ran max_gen_batches rounds."""
+  budget, group = _dapo(b, n, max_gen_batches)
   rng = np.random.default_rng(seed)
-  g, n = 5, 4
-  buf = dapo.dapo_buffer_init({"tag": jnp.zeros((capacity, 2), jnp.int32),
-                               "rewards": jnp.zeros((capacity, n))})
-  generated = []
-  while bool(dapo.dapo_should_continue(buf, max_gen_batches)):
-    batch = int(buf.batches)
-    rewards = (rng.random((g, n)) < success).astype(np.float32)
-    tag = np.stack([np.full(g, batch), np.arange(g)], axis=1).astype(np.int32)
-    keep = dapo.dapo_keep(jnp.asarray(rewards) > 0.5)
-    generated.extend(t for t, k in zip(tag.tolist(), np.asarray(keep)) if k)
-    buf = _accumulate(buf, {"tag": jnp.asarray(tag), "rewards": jnp.asarray(rewards)}, keep)
-  return buf, generated
+  s, m = budget.num_slots, budget.num_slots * budget.max_rounds
+  prompt, rewards = np.zeros(m, np.int32), np.zeros(m, np.float32)
+  valid = np.zeros(m, bool)
+  observe = jax.jit(budget.observe)
+  state = budget.start((), jnp.arange(budget.num_prompts))
+  kept, rounds, done = [], 0, False
+  while rounds < budget.max_rounds and not done:
+    plan = budget.plan((), state, rounds)
+    r = (rng.random(s) < success).astype(np.float32)
+    sl = slice(rounds * s, (rounds + 1) * s)
+    prompt[sl], rewards[sl], valid[sl] = np.asarray(plan.slot_prompt), r, np.asarray(
+        plan.slot_valid)
+    groups = r.reshape(b, n).sum(1)
+    kept += [rounds * b + j for j in range(b) if 0 < groups[j] < n]  # generation order
+    state, done = observe(state, plan, jnp.asarray(r))
+    rounds, done = rounds + 1, bool(done)
+  pool = PoolView(prompt=jnp.asarray(prompt), rewards=jnp.asarray(rewards),
+                  valid=jnp.asarray(valid), order=jnp.arange(m, dtype=jnp.int32))
+  return int(state), rounds, done, pool, kept, jax.jit(group.form)(pool)
 
 
-def test_dapo_fills_buffer_and_truncates():
-  buf, kept = _run_dynamic_sampling(capacity=8, max_gen_batches=0, success=0.5, seed=0)
-  assert bool(dapo.dapo_buffer_full(buf)) and int(buf.filled) >= 8
-  # The buffer holds the first B kept groups in generation order; the rest were truncated.
-  np.testing.assert_array_equal(buf.data["tag"], kept[:8])
-  r = np.asarray(buf.data["rewards"])
+def test_dapo_fills_the_batch_and_truncates():
+  filled, rounds, done, pool, kept, out = _run_dynamic_sampling(5, 10, success=0.5, seed=0)
+  assert done and filled >= 5 and rounds < 10
+  assert filled == len(kept)  # the budget counted every mixed group, the excess included
+  # The first B kept groups in generation order train, with all n samples each; the rest were
+  # truncated.
+  assert _trained_groups(out) == kept[:5]
+  assert int(np.sum(out.valid)) == 5 * 4
+  r = np.asarray(pool.rewards)[np.asarray(out.index)[np.asarray(out.valid)]].reshape(5, 4)
   assert ((r.sum(1) > 0) & (r.sum(1) < 4)).all()
-  assert float(dapo.dapo_kept_fraction(buf)) == pytest.approx(len(kept) / (5 * int(buf.batches)))
 
 
 def test_dapo_cap_hit_trains_on_what_was_kept():
-  # success 0.03: most groups are all-wrong, so 3 batches of 5 cannot fill 8 slots.
-  buf, kept = _run_dynamic_sampling(capacity=8, max_gen_batches=3, success=0.03, seed=1)
-  assert int(buf.batches) == 3 and not bool(dapo.dapo_buffer_full(buf))
-  valid = np.asarray(dapo.dapo_buffer_valid(buf))
-  assert valid.sum() == len(kept) < 8
-  np.testing.assert_array_equal(np.asarray(buf.data["tag"])[valid], np.array(kept).reshape(-1, 2))
-  assert float(dapo.dapo_kept_fraction(buf)) == pytest.approx(len(kept) / 15)
-  with pytest.raises(ValueError, match="max_gen_batches"):
-    dapo.dapo_should_continue(buf, -1)
+  # success 0.03: most groups are all-wrong, so 3 rounds of 8 cannot fill 8 slots.
+  filled, rounds, done, _, kept, out = _run_dynamic_sampling(8, 3, success=0.03, seed=1)
+  assert rounds == 3 and not done and filled == len(kept) < 8
+  assert _trained_groups(out) == kept
+  assert int(np.sum(out.valid)) == 4 * len(kept)
+  for bad in (0, -1):
+    with pytest.raises(ValueError, match="max_gen_batches"):
+      _dapo(8, max_gen_batches=bad)
 
 
 # ----------------------------------------------------------------------------- VAS

@@ -150,35 +150,47 @@ def test_plan_slots():
       assert slot_valid.all() and counts[active].max() - counts[active].min() <= 1
 
 
-@jax.jit
-def _round(counters, pool, round_index, rewards_by_prompt_slot):
-  """One round: plan slots over the active prompts, observe rewards, append to the pool."""
-  slot_prompt, slot_valid = ra.plan_slots(counters.active, num_slots=12)
-  reward = rewards_by_prompt_slot[slot_prompt, jnp.arange(12)]
-  counters = ra.counters_observe(counters, slot_prompt, slot_valid, reward, 4, TAU, "balanced")
-  return counters, ra.pool_append(pool, round_index, slot_prompt, slot_valid, reward), slot_valid
-
-
 def test_successive_elimination_loop():
-  b, rounds = 4, 3
+  """The budget role's rounds (plan -> rewards -> observe) over a fixed slot batch, then the
+  pool's groups against the reference rule."""
+  from adaptive_rl.allocation.registry import build_allocator  # pylint: disable=import-outside-toplevel
+  b, rounds, s = 4, 3, 12
+  budget = build_allocator(
+      dict(name="reinforce_ada", reinforce_ada=dict(rounds=rounds, samples_per_round=s // b,
+                                                    tau=TAU)),
+      batch_prompts=b, group_size=4, tau=0.5).budget
+  assert (budget.num_slots, budget.max_rounds) == (s, rounds)
+
+  @jax.jit
+  def one_round(counters, rewards_by_prompt_slot):
+    plan = budget.plan((), counters, 0)
+    reward = rewards_by_prompt_slot[plan.slot_prompt, jnp.arange(s)]
+    counters, done = budget.observe(counters, plan, reward)
+    return counters, done, plan, reward
+
   success = np.array([0.5, 0.95, 0.0, 0.2])  # prompt 2 never exits: still active after R
   rng = np.random.default_rng(7)
-  counters, pool = ra.counters_init(b), ra.pool_init(rounds, 12)
+  counters = budget.start((), jnp.arange(b))
+  m = rounds * s
+  pool = [np.zeros(m, np.float32), np.zeros(m, np.int32), np.arange(m, dtype=np.int32),
+          np.zeros(m, bool)]  # rewards, prompt, order, valid
   for r in range(rounds):
-    draws = (rng.random((b, 12)) < success[:, None]).astype(np.float32)
+    draws = (rng.random((b, s)) < success[:, None]).astype(np.float32)
     active_before = np.asarray(counters.active)
-    counters, pool, slot_valid = _round(counters, pool, jnp.int32(r), jnp.asarray(draws))
-    assert bool(slot_valid.all()) == active_before.any()
+    counters, done, plan, reward = one_round(counters, jnp.asarray(draws))
+    assert bool(plan.slot_valid.all()) == active_before.any()
+    assert bool(done) == (not np.asarray(counters.active).any())
+    sl = slice(r * s, (r + 1) * s)
+    pool[0][sl], pool[1][sl] = np.asarray(reward), np.asarray(plan.slot_prompt)
+    pool[3][sl] = np.asarray(plan.slot_valid)
   assert bool(counters.active[2])
-  res = ra.form_groups_from_pool(pool, b, 4, TAU, "balanced")
-  pool_np = [np.asarray(x) for x in pool]
-  keep, p_hat, one_class, _ = _reference(*pool_np, b, 4, TAU, "balanced")
-  np.testing.assert_array_equal(res.keep, keep & ~one_class[pool_np[1]])
+  res = ra.form_groups(*map(jnp.asarray, pool), b, 4, TAU, "balanced")
+  keep, p_hat, one_class, _ = _reference(*pool, b, 4, TAU, "balanced")
+  np.testing.assert_array_equal(res.keep, keep & ~one_class[pool[1]])
   np.testing.assert_allclose(res.p_hat, p_hat, rtol=1e-6)
   np.testing.assert_array_equal(res.num_pos, counters.pos)
   np.testing.assert_array_equal(res.num_neg, counters.neg)
-  assert bool(res.one_class[2]) and not bool(res.keep[pool_np[1] == 2].any())
-
+  assert bool(res.one_class[2]) and not bool(res.keep[pool[1] == 2].any())
 
 def test_balanced_group_std_uses_binarised_counts_like_its_baseline():
   """use_std: A_j = (r_j - p_hat) / max(std, 1e-6), where p_hat = P / (P + N) and std are both

@@ -7,8 +7,8 @@ the whole dataset, so its update can be fused into the jitted train step.
   select:  mopps (Thompson sampling), dps (HMM over solving states), vas (variance-aware)
   budget:  knapsack (Knapsack RL), gvm (gradient-variance-minimising), reinforce_ada
            (successive elimination over a static slot batch)
-  group:   dapo (dynamic-sampling filter), reinforce_ada.form_groups (balanced down-sampling
-           with the global pool baseline)
+  group:   all, dapo (dynamic-sampling filter: budget.DapoBudget + group.DapoGroup),
+           balanced (reinforce_ada.form_groups: balanced down-sampling, global pool baseline)
 
 Shared conventions: ids are int32 prompt indices into the dataset; an id outside
 [0, num_prompts) marks padding and its state updates are dropped; ids within one update are
@@ -17,9 +17,6 @@ distinct; static sizes (B, budgets, slot counts, modes) are Python ints / string
 
 from __future__ import annotations
 
-from adaptive_rl.allocation.dapo import (
-    DapoBuffer, DapoSettings, dapo_accumulate, dapo_buffer_full, dapo_buffer_init,
-    dapo_buffer_valid, dapo_keep, dapo_keep_flat, dapo_kept_fraction, dapo_should_continue)
 from adaptive_rl.allocation.dps import (
     DPSSettings, DPSState, dps_current, dps_init, dps_materialise, dps_select, dps_update,
     observe_state, transition_matrix)
@@ -34,7 +31,7 @@ from adaptive_rl.allocation.mopps import (
     MoPPSSettings, MoPPSState, mopps_init, mopps_mean, mopps_sample, mopps_select,
     mopps_update)
 from adaptive_rl.allocation.reinforce_ada import (
-    AdaCounters, AdaGroups, AdaPool, ReinforceAdaSettings, counters_init, counters_observe,
-    exits, form_groups, form_groups_from_pool, plan_slots, pool_append, pool_init)
+    AdaCounters, AdaGroups, ReinforceAdaSettings, counters_init, counters_observe, exits,
+    form_groups, plan_slots)
 from adaptive_rl.allocation.vas import (
     VASSettings, VASState, vas_init, vas_select, vas_update, vps_scores)

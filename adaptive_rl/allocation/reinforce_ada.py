@@ -20,7 +20,7 @@ Beyond the paper (ours): the slot batch of each round has a static size S; `plan
 every active prompt an almost equal share of the S slots, so fewer active prompts get more
 samples each and no slot idles while any prompt is active.
 
-Static shapes throughout: the per-step pool is a flat buffer of R * S samples (`AdaPool`).
+Static shapes throughout: the per-step pool is a flat buffer of R * S samples (`roles.PoolView`).
 """
 
 from __future__ import annotations
@@ -135,39 +135,6 @@ def plan_slots(active: jax.Array, num_slots: int) -> tuple[jax.Array, jax.Array]
   return jnp.where(slot_valid, slot_prompt, 0), slot_valid
 
 
-class AdaPool(NamedTuple):
-  """The samples drawn this step, a flat [R * S] buffer.
-
-  Attributes:
-    reward: [R*S] float32.
-    prompt: [R*S] int32 prompt index in [0, B).
-    order: [R*S] int32 generation order (round * S + slot).
-    valid: [R*S] bool.
-  """
-  reward: jax.Array
-  prompt: jax.Array
-  order: jax.Array
-  valid: jax.Array
-
-
-def pool_init(rounds: int, num_slots: int) -> AdaPool:
-  """An empty pool for R rounds of S slots."""
-  t = rounds * num_slots
-  return AdaPool(jnp.zeros((t,), jnp.float32), jnp.zeros((t,), jnp.int32),
-                 jnp.arange(t, dtype=jnp.int32), jnp.zeros((t,), bool))
-
-
-def pool_append(pool: AdaPool, round_index: jax.Array, slot_prompt: jax.Array,
-                slot_valid: jax.Array, slot_reward: jax.Array) -> AdaPool:
-  """Writes round `round_index` (traced int) of S slots into the pool."""
-  s = slot_prompt.shape[0]
-  start = (round_index * s,)
-  upd = jax.lax.dynamic_update_slice
-  return AdaPool(upd(pool.reward, slot_reward.astype(jnp.float32), start),
-                 upd(pool.prompt, slot_prompt.astype(jnp.int32), start), pool.order,
-                 upd(pool.valid, slot_valid, start))
-
-
 class AdaGroups(NamedTuple):
   """Result of `form_groups`.
 
@@ -246,10 +213,3 @@ def form_groups(pool_rewards: jax.Array, pool_prompt: jax.Array, pool_order: jax
     keep = keep & ~one_class[segc]
   p_hat = num_pos / jnp.maximum(avail, 1)
   return AdaGroups(keep, p_hat.astype(jnp.float32), one_class, num_pos, num_neg, kp + kn)
-
-
-def form_groups_from_pool(pool: AdaPool, B: int, n: int, tau: float, variant: str,
-                          drop_one_class: bool = True) -> AdaGroups:
-  """`form_groups` on an `AdaPool`."""
-  return form_groups(pool.reward, pool.prompt, pool.order, pool.valid, B, n, tau, variant,
-                     drop_one_class)
