@@ -45,8 +45,8 @@ import _common  # noqa: E402  pylint: disable=wrong-import-position  (this folde
 from adaptive_rl import models  # noqa: E402
 from adaptive_rl.allocation.registry import build_allocator  # noqa: E402
 from adaptive_rl.rl.losses import LossConfig  # noqa: E402
-from adaptive_rl.rl.step import (  # noqa: E402
-    StepConfig, empty_pool, make_round_fns, make_train_step)
+from adaptive_rl.rl.rl_step import RLStep  # noqa: E402
+from adaptive_rl.rl.step import StepConfig  # noqa: E402
 from adaptive_rl.rl.train_state import OptimizerConfig, TrainState, new_counters  # noqa: E402
 from adaptive_rl.sampling import Sample, SamplerConfig  # noqa: E402
 # pylint: enable=wrong-import-position
@@ -156,24 +156,10 @@ class OurGRPO:
       valid = jnp.arange(tokens.shape[1])[None] < lengths[:, None]
       return jnp.sum(valid & (tokens % 2 == 0), axis=1) / jnp.maximum(lengths, 1)
 
-    sample_round, finish_round = make_round_fns(cfg, sampler_cfg, allocator, reward)
     # The pieces, for benchmarks/grpo_phases.py (it jits them without donation).
     self.cfg, self.allocator, self.reward_fn = cfg, allocator, reward
-    self.sample_round_fn, self.finish_round_fn = sample_round, finish_round
-    pool_rows, p = allocator.pool_rows, prompt_ids.shape[1]
-
-    def begin(state):
-      rng, k_sel, k_round = jax.random.split(state.rng, 3)
-      alloc, ids = allocator.choose(state.alloc, k_sel)
-      round_state = allocator.budget.start(alloc["budget"], ids)
-      return (state.replace(alloc=alloc, rng=rng), ids, round_state,
-              empty_pool(pool_rows, p, n), k_round)
-
-    self._begin = jax.jit(begin, donate_argnums=(0,))
-    self._sample_round = jax.jit(sample_round, donate_argnums=(1,))
-    self._finish_round = jax.jit(finish_round, donate_argnums=(0,))
-    self._train_step = jax.jit(make_train_step(cfg, step_cfg, allocator, tx),
-                               donate_argnums=(0,))
+    self.rl_step = RLStep(cfg, sampler_cfg, step_cfg, allocator, tx,
+                          prompt_len=prompt_ids.shape[1], reward_fn=reward)
     d = prompt_ids.shape[0]
     self.data = {"prompts": jnp.asarray(prompt_ids),
                  "prompt_lengths": jnp.full((d,), p, jnp.int32),
@@ -186,21 +172,20 @@ class OurGRPO:
     self.last_reward = float("nan")
 
   def _sample(self):
-    self.state, ids, round_state, pool, k_round = self._begin(self.state)
-    pool, plan = self._sample_round(self.state.params, pool, round_state,
-                                    self.state.alloc["budget"], ids, self.data, jnp.int32(0),
-                                    jax.random.fold_in(k_round, 0))
-    pool, round_state, _ = self._finish_round(pool, round_state, plan, jnp.int32(0), None)
-    return pool, ids
+    rl_step = self.rl_step
+    self.state, rollout = rl_step.begin(self.state)
+    rollout, plan = rl_step.sample(self.state.params, self.state.alloc["budget"], self.data,
+                                   rollout)
+    return rl_step.finish(rollout, plan, None)
 
-  def _train(self, pool, ids):
-    self.state, metrics, _ = self._train_step(self.state, pool, ids, jnp.int32(1), jnp.int32(0))
+  def _train(self, rollout):
+    self.state, metrics, _ = self.rl_step.train(self.state, rollout, np.int32(0))
     return metrics
 
   def step(self) -> float:
     """One full GRPO step (generate G x P, reward, one AdamW update); wall seconds."""
     t0 = time.perf_counter()
-    metrics = self._train(*self._sample())
+    self.state, metrics, _ = self.rl_step(self.state, self.data)  # one jitted program
     jax.block_until_ready((self.state.params, metrics))
     dt = time.perf_counter() - t0
     self.last_reward = float(metrics["reward_mean"])
@@ -209,10 +194,10 @@ class OurGRPO:
   def step_split(self) -> tuple[float, float]:
     """One step with a sync between the halves: (sample + reward s, train-step s)."""
     t0 = time.perf_counter()
-    pool, ids = self._sample()
-    jax.block_until_ready(pool)
+    rollout = self._sample()
+    jax.block_until_ready(rollout)
     t1 = time.perf_counter()
-    metrics = self._train(pool, ids)
+    metrics = self._train(rollout)
     jax.block_until_ready((self.state.params, metrics))
     return t1 - t0, time.perf_counter() - t1
 

@@ -57,39 +57,41 @@ def _config(preset: str, seed: int, steps: int, eval_every: int, max_digits: int
 _SFT_CACHE: dict = {}  # seed -> SFT'd params on the host
 
 
-def _trainer_class(share_sft: bool):
-  """The Trainer, with its SFT warm start memoised per seed when `share_sft`."""
-  from adaptive_rl.rl.trainer import Trainer
-  if not share_sft:
-    return Trainer
+def _session(run, share_sft: bool):
+  """The run's session, with its SFT warm start memoised per seed when `share_sft`."""
+  import jax
+  from adaptive_rl.rl.session import Session
+  from adaptive_rl.rl.sft import SFTWarmStart
+  if not share_sft or run.lora_cfg is not None:  # (full fine-tuning only)
+    return Session(run)
+  seed = int(run.config.seed)
 
-  class SharedSFTTrainer(Trainer):
-    """Reuses the SFT'd params of the first run of the same seed (full fine-tuning only)."""
+  def warm_start(trained, base, key):
+    """Reuses the SFT'd params of the first run of the same seed."""
+    if seed not in _SFT_CACHE:
+      out = SFTWarmStart(run, session.layout)(trained, base, key)
+      _SFT_CACHE[seed] = None if out is None else jax.device_get(out)
+      return out
+    if _SFT_CACHE[seed] is None:
+      return None
+    # Fresh device buffers in the params' own shardings (the RL step donates them).
+    return jax.tree.map(lambda h, p: jax.device_put(h, p.sharding), _SFT_CACHE[seed], trained)
 
-    def sft(self, params, key):
-      import jax
-      seed = int(self.run_cfg.seed)
-      if self.lora_cfg is not None:
-        return super().sft(params, key)
-      if seed not in _SFT_CACHE:
-        out = super().sft(params, key)
-        _SFT_CACHE[seed] = jax.device_get(out)
-        return out
-      self.sft_adapters = None
-      # Fresh device buffers in the params' own shardings (the RL step donates them).
-      return jax.tree.map(lambda h, p: jax.device_put(h, p.sharding), _SFT_CACHE[seed], params)
-
-  return SharedSFTTrainer
+  session = Session(run, warm_start=warm_start)
+  return session
 
 
 def _run(preset: str, seed: int, steps: int, eval_every: int, max_digits: int = 0,
          share_sft: bool = True, train_size: int = 0) -> dict:
   from adaptive_rl.metrics import read_metrics
   from adaptive_rl.rl.config import parse_config
+  from adaptive_rl.rl.loop import train
+  from adaptive_rl.rl.run import build_run
   with tempfile.TemporaryDirectory() as d:
     t0 = time.time()
-    summary = _trainer_class(share_sft)(
-        parse_config(_config(preset, seed, steps, eval_every, max_digits, train_size)), d).run()
+    run = build_run(parse_config(_config(preset, seed, steps, eval_every, max_digits,
+                                         train_size)))
+    summary = train(run, d, session=_session(run, share_sft))
     total_s = time.time() - t0
     records = read_metrics(d)
   curve = [(0, 0.0, summary["sft_accuracy"])]

@@ -42,6 +42,7 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 # pylint: disable=wrong-import-position
@@ -50,6 +51,7 @@ import _peer  # noqa: E402
 
 from adaptive_rl import models  # noqa: E402
 from adaptive_rl.allocation.roles import prompt_stats  # noqa: E402
+from adaptive_rl.allocation.rollout import as_view  # noqa: E402
 from adaptive_rl.rl.logprobs import completion_logprobs  # noqa: E402
 from adaptive_rl.rl.losses import LossConfig, policy_loss  # noqa: E402
 from adaptive_rl.rl.train_state import OptimizerConfig  # noqa: E402
@@ -88,17 +90,17 @@ def run(size_name: str, repeats: int, scan_layers: bool, trace: str | None) -> d
     ours.step()
   cfg = ours.cfg
   # One real round, reused by the per-phase functions (jitted here without donation).
-  sample_round = jax.jit(ours.sample_round_fn)
-  begin_fn = ours._begin  # pylint: disable=protected-access
-  ours.state, ids, round_state, pool, k_round = begin_fn(ours.state)
-  pool, plan = sample_round(ours.state.params, pool, round_state, ours.state.alloc["budget"], ids,
-                            ours.data, jnp.int32(0), k_round)
-  jax.block_until_ready(pool)
+  rl_step = ours.rl_step
+  sample_round = jax.jit(rl_step.sample_fn)
+  ours.state, rollout = rl_step.begin(ours.state)
+  rollout, plan = sample_round(ours.state.params, ours.state.alloc["budget"], ours.data, rollout)
+  jax.block_until_ready(rollout)
+  pool, ids = rollout.pool, rollout.ids
   t: dict[str, float] = {}
 
   def begin():
-    ours.state, *rest = ours._begin(ours.state)  # pylint: disable=protected-access
-    return rest
+    ours.state, out = rl_step.begin(ours.state)
+    return out
   t["select"] = _time(begin, repeats)
 
   unique_prompts = ours.data["prompts"][ids]
@@ -115,11 +117,10 @@ def run(size_name: str, repeats: int, scan_layers: bool, trace: str | None) -> d
   reward = jax.jit(ours.reward_fn)
   t["reward"] = _time(lambda: reward(pool.completions, pool.lengths, None), repeats)
   t["sample_round"] = _time(lambda: sample_round(
-      ours.state.params, pool, round_state, ours.state.alloc["budget"], ids, ours.data,
-      jnp.int32(0), k_round), repeats)
+      ours.state.params, ours.state.alloc["budget"], ours.data, rollout), repeats)
   t["decode"] = t["sample_round"] - t["prefill"] - t["reward"]
-  finish = jax.jit(ours.finish_round_fn)
-  t["observe"] = _time(lambda: finish(pool, round_state, plan, jnp.int32(0), None), repeats)
+  finish = jax.jit(rl_step.finish_fn)
+  t["observe"] = _time(lambda: finish(rollout, plan, None), repeats)
 
   b = {"completions": pool.completions, "lengths": pool.lengths}
   mask = jnp.arange(n)[None, :] < pool.lengths[:, None]
@@ -154,13 +155,12 @@ def run(size_name: str, repeats: int, scan_layers: bool, trace: str | None) -> d
 
   @jax.jit
   def allocation(alloc_state):
-    view = pool.view()
+    view = as_view(pool)
     return alloc.update(alloc_state, prompt_stats(ids, view, 0.5), view)
   t["allocation"] = _time(lambda: allocation(ours.state.alloc), repeats)
 
   def train():
-    ours.state, metrics, _ = ours._train_step(  # pylint: disable=protected-access
-        ours.state, pool, ids, jnp.int32(1), jnp.int32(0))
+    ours.state, metrics, _ = rl_step.train(ours.state, rollout, np.int32(0))
     return ours.state.params, metrics
   t["train_step"] = _time(train, repeats)
   t["other"] = t["train_step"] - t["logprobs"] - t["backward"] - t["optimizer"] - t["allocation"]

@@ -48,28 +48,28 @@ def bench_one(size: str, rank: int, rows: int, group: int, prompt_len: int, comp
   """Every figure for one preset."""
   cfg = get_preset(size, dtype=dtype, max_seq_len=prompt_len + completion_len)
   config = lora.LoraConfig(rank=rank, alpha=2.0 * rank)
-  step_full, (state, pool, ids, r, f) = build(cfg, rows, group, prompt_len, completion_len)
+  step_full, (state, rollout, f) = build(cfg, rows, group, prompt_len, completion_len)
   base = jax.tree.map(jnp.copy, state.params)
   adapters = lora.init_lora(cfg, base, config, jax.random.key(1))
   adapters = jax.tree.map(lambda x: x + 1e-3, adapters)  # B != 0: the adapters do work
 
   def run_full():
     nonlocal state
-    state, metrics, _ = step_full(state, pool, ids, r, f)
+    state, metrics, _ = step_full(state, rollout, f)
     return state.params, metrics
 
   step_s_full = _median(run_full, repeats)
 
   step_cfg, allocator, tx = _pieces(rows, group)
   step_lora = jax.jit(make_train_step(cfg, step_cfg, allocator, tx, lora_scale=config.scale),
-                      donate_argnums=(0,))
+                      donate_argnums=(0,))  # the RL step's train half, with LoRA
   lstate = TrainState(step=state.step, params=adapters, opt_state=tx.init(adapters),
                       ref_params=None, alloc=jax.tree.map(jnp.copy, state.alloc),
                       rng=state.rng, counters=jax.tree.map(jnp.copy, state.counters))
 
   def run_lora():
     nonlocal lstate
-    lstate, metrics, _ = step_lora(lstate, pool, ids, r, f, base)
+    lstate, metrics, _ = step_lora(lstate, rollout, f, base)
     return lstate.params, metrics
 
   step_s_lora = _median(run_lora, repeats)

@@ -40,9 +40,10 @@ def _config(task: str, seed: int, overrides: dict):
 
 def _run(config, workdir):
   from adaptive_rl.rl.config import parse_config
-  from adaptive_rl.rl.trainer import Trainer
+  from adaptive_rl.rl.loop import train
+  from adaptive_rl.rl.run import build_run
   t0 = time.time()
-  summary = Trainer(parse_config(config), workdir).run()
+  summary = train(build_run(parse_config(config)), workdir)
   summary["measured_wall_s"] = time.time() - t0
   return summary
 

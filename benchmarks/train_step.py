@@ -3,12 +3,12 @@
   python benchmarks/train_step.py --sizes 10m,100m [--rows 64] [--group 8] [--prompt_len 32] \
       [--completion_len 64] [--dtype float32] [--scan_layers both] [--repeats 3] [--json]
 
-For each (model preset, layer loop) it wires one GRPO step as `Trainer` does (uniform allocator,
-`StepConfig(LossConfig(...))`, AdamW from `OptimizerConfig.make()`, `make_round_fns`), runs one
+For each (model preset, layer loop) it wires one GRPO step as a run does (uniform allocator,
+`StepConfig(LossConfig(...))`, AdamW from `OptimizerConfig.make()`, `RLStep`), runs one
 sampling round to fill a real pool (random prompts of `prompt_len` tokens, `rows / group`
 prompts x `group` samples; EOS is never sampled, eos id = vocab_size, so every completion has
 `completion_len` tokens; the reward is the fraction of even token ids, so advantages are
-non-zero), then times `make_train_step` (the function the trainer jits, state donated):
+non-zero), then times `RLStep.train` (the train half of the RL step, state donated):
   * compile: trace + lower + XLA compile of the step (ahead of time: `.lower().compile()`), the
     sum of JAX's compile events, split into its phases in the JSON;
   * step: the median of `--repeats` calls after one warm-up, with `jax.block_until_ready`;
@@ -50,8 +50,9 @@ from _common import (  # noqa: E402  pylint: disable=import-error
 from adaptive_rl.allocation.registry import build_allocator  # noqa: E402
 from adaptive_rl.models import ModelConfig, get_preset, init  # noqa: E402
 from adaptive_rl.rl.losses import LossConfig  # noqa: E402
+from adaptive_rl.rl.rl_step import RLStep  # noqa: E402
 from adaptive_rl.rl.step import (  # noqa: E402
-    StepConfig, empty_pool, make_round_fns, make_train_step)
+    StepConfig, make_train_step)
 from adaptive_rl.rl.train_state import OptimizerConfig, TrainState, new_counters  # noqa: E402
 from adaptive_rl.sampling import Sample, SamplerConfig  # noqa: E402
 
@@ -118,11 +119,11 @@ def _pieces(rows: int, group: int) -> tuple[StepConfig, Any, Any]:
 
 def build(cfg: ModelConfig, rows: int, group: int, prompt_len: int, completion_len: int,
           seed: int = 0) -> tuple[Any, tuple]:
-  """The jitted train step and its arguments, wired as `Trainer` wires them.
+  """The jitted train step and its arguments, wired as a run wires them.
 
   Returns:
-    (jitted train_step with the state donated, (state, pool, ids, rounds_used,
-    reward_failures)) where the pool holds one real sampling round of the initial params.
+    (the RL step's jitted train step, state donated, (state, rollout, reward_failures)) where
+    the rollout holds one real sampling round of the initial params.
   """
   prompts = rows // group
   step_cfg, allocator, tx = _pieces(rows, group)
@@ -135,7 +136,8 @@ def build(cfg: ModelConfig, rows: int, group: int, prompt_len: int, completion_l
     valid = jnp.arange(tokens.shape[1])[None] < lengths[:, None]
     return jnp.sum(valid & (tokens % 2 == 0), axis=1) / jnp.maximum(lengths, 1)
 
-  sample_round, finish_round = make_round_fns(cfg, sampler_cfg, allocator, reward)
+  rl_step = RLStep(cfg, sampler_cfg, step_cfg, allocator, tx, prompt_len=prompt_len,
+                   reward_fn=reward)
   rng = np.random.default_rng(seed)
   data = {"prompts": jnp.asarray(rng.integers(1, cfg.vocab_size, (prompts, prompt_len)),
                                  jnp.int32),
@@ -146,24 +148,15 @@ def build(cfg: ModelConfig, rows: int, group: int, prompt_len: int, completion_l
   state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                      ref_params=None, alloc=allocator.init(prompts, jax.random.fold_in(key, 1)),
                      rng=jax.random.fold_in(key, 2), counters=new_counters())
-
-  # The trainer's `begin` + sampling round 0, jitted once here and discarded.
-  def fill(state):
-    rng, k_sel, k_round = jax.random.split(state.rng, 3)
-    alloc, ids = allocator.choose(state.alloc, k_sel)
-    round_state = allocator.budget.start(alloc["budget"], ids)
-    pool = empty_pool(allocator.pool_rows, prompt_len, completion_len)
-    pool, plan = sample_round(state.params, pool, round_state, alloc["budget"], ids, data,
-                              jnp.int32(0), jax.random.fold_in(k_round, 0))
-    pool, _, _ = finish_round(pool, round_state, plan, jnp.int32(0), None)
-    return state.replace(alloc=alloc, rng=rng), pool, ids
-
-  state, pool, ids = jax.block_until_ready(jax.jit(fill)(state))
+  # The step's `begin` + sampling round 0, as the RL step runs them.
+  state, rollout = rl_step.begin(state)
+  rollout, plan = rl_step.sample(state.params, state.alloc["budget"], data, rollout)
+  rollout = jax.block_until_ready(rl_step.finish(rollout, plan, None))
+  pool = rollout.pool
   if not bool(jnp.all(pool.lengths == completion_len)) or not bool(jnp.all(pool.valid)):
     raise RuntimeError(f"pool not full: lengths {np.asarray(pool.lengths)}, valid "
                        f"{np.asarray(pool.valid)}")
-  step = jax.jit(make_train_step(cfg, step_cfg, allocator, tx), donate_argnums=(0,))
-  return step, (state, pool, ids, jnp.int32(1), jnp.int32(0))
+  return rl_step.train, (state, rollout, np.int32(0))
 
 
 def bench_one(cfg: ModelConfig, rows: int, group: int, prompt_len: int, completion_len: int,
@@ -194,7 +187,8 @@ def bench_one(cfg: ModelConfig, rows: int, group: int, prompt_len: int, completi
   flops_compiled = _xla_flops(compiled)
   flops_unrolled = None
   if cfg.scan_layers:  # XLA counted one layer's body: count the same step unrolled instead
-    twin = make_train_step(cfg.replace(scan_layers=False), *_pieces(rows, group))
+    step_cfg, allocator, tx = _pieces(rows, group)
+    twin = make_train_step(cfg.replace(scan_layers=False), step_cfg, allocator, tx)
     flops_unrolled = _xla_flops(jax.jit(twin).lower(state, *rest))
   flops_analytic = analytic_flops(cfg, rows, prompt_len, completion_len)
   if cfg.scan_layers and flops_unrolled:

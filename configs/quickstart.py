@@ -54,7 +54,7 @@ def get_config(arg: str = ""):
       micro_batches=1, recompute_old_logp=False, logprob_chunk=0, eps_low=0.2, eps_high=0.28,
       dual_clip=3.0, kl_coef=0.0, kl_estimator="k3", entropy_coef=0.0, loss_agg="token-mean",
       adv_estimator="grpo", adv_clip=0.0, tau=0.5, overlong_buffer=0, mask_truncated=False,
-      share_prompts=True, max_consecutive_nan=5, inject_nan_step=0))
+      share_prompts=True, max_consecutive_nan=5))
 
   # name: a preset (uniform, dapo_filter, reinforce_ada, reinforce_ada_positive, gvm, knapsack,
   # mopps, dps, vas); select / budget / group override its roles; per-method settings below.

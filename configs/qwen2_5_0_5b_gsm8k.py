@@ -45,7 +45,7 @@ def get_config(arg: str = ""):
       micro_batches=4, recompute_old_logp=True, logprob_chunk=128, eps_low=0.2, eps_high=0.28,
       dual_clip=3.0, kl_coef=0.0, kl_estimator="k3", entropy_coef=0.0, loss_agg="token-mean",
       adv_estimator="grpo", adv_clip=0.0, tau=0.5, overlong_buffer=0, mask_truncated=False,
-      max_consecutive_nan=5, inject_nan_step=0))
+      max_consecutive_nan=5))
   c.allocator = ml_collections.ConfigDict(default_settings())
   c.allocator.name = args.allocator
   c.allocator.reinforce_ada.samples_per_round = 8

@@ -34,23 +34,26 @@ def main(argv):
   from adaptive_rl.metrics import write_json  # imports JAX after flags
   from adaptive_rl.rl.config import ConfigError, parse_config
   from adaptive_rl.rl.evaluation import evaluate_k
-  from adaptive_rl.rl.trainer import Trainer
+  from adaptive_rl.rl.run import build_run
+  from adaptive_rl.rl.session import Session
+  workdir = os.path.abspath(_WORKDIR.value)
   try:
-    trainer = Trainer(parse_config(_CONFIG.value), _WORKDIR.value)
-    state = trainer.restore_state(_CHECKPOINT.value)
+    run = build_run(parse_config(_CONFIG.value))
+    session = Session(run)
+    state, _ = session.restore(workdir, _CHECKPOINT.value)
   except (ConfigError, FileNotFoundError, RuntimeError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
-  data = trainer.test_data if _SPLIT.value == "test" else trainer.train_data
-  host = trainer.host_score(data) if trainer.host_rewards else None
+  data = run.test_data if _SPLIT.value == "test" else run.train_data
   try:
-    out = evaluate_k(trainer.model_cfg, trainer.policy(state.params), trainer.task, data,
-                     k=_K.value, temperature=_TEMPERATURE.value, max_new_tokens=trainer.max_new,
-                     batch_size=_BATCH.value, limit=_LIMIT.value, host_score=host)
+    out = evaluate_k(run.model_cfg, session.policy.sampling(state.params), run.task, data,
+                     k=_K.value, temperature=_TEMPERATURE.value, max_new_tokens=run.max_new,
+                     batch_size=_BATCH.value, limit=_LIMIT.value,
+                     host_score=session.host_score(data))
   finally:
-    trainer.close()
+    session.close()
   out.update(step=int(state.step), split=_SPLIT.value)
-  path = os.path.join(trainer.workdir, f"eval_step{int(state.step)}_k{_K.value}.json")
+  path = os.path.join(workdir, f"eval_step{int(state.step)}_k{_K.value}.json")
   write_json(path, out)
   print("| metric | value |\n|---|---|")
   for key, value in out.items():

@@ -70,10 +70,11 @@ def main(argv):
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # keep Orbax's per-save INFO lines off the console
   _init_distributed()
-  from adaptive_rl.rl.trainer import Preempted, Trainer  # after flags: imports JAX
+  from adaptive_rl.rl.loop import train  # after flags: imports JAX
+  from adaptive_rl.rl.preemption import Preempted
+  from adaptive_rl.rl.run import build_run
   try:
-    trainer = Trainer(parse_config(_CONFIG.value), _WORKDIR.value)
-    trainer.run()
+    train(build_run(parse_config(_CONFIG.value)), _WORKDIR.value)
   except ConfigError as e:
     print(f"config error: {e}", file=sys.stderr)
     sys.exit(2)

@@ -4,7 +4,6 @@ a checkpoint restores and resumes, and the merged export reloads in transformers
 
 import json
 import os
-import signal
 
 import jax
 import jax.numpy as jnp
@@ -15,7 +14,11 @@ from jax.sharding import PartitionSpec as P
 from adaptive_rl import models, parallel
 from adaptive_rl.models import lora
 from adaptive_rl.rl.config import ConfigError, load_config_file, parse_config
-from adaptive_rl.rl.trainer import Preempted, Trainer
+from adaptive_rl.rl.loop import train
+from adaptive_rl.rl.preemption import Preempted
+from adaptive_rl.rl.run import build_run
+from adaptive_rl.rl.session import Session
+from tests.test_trainer import _stop_after
 from tests.hf_fixtures import hf_logits
 from tests.test_sharded_training import _SHRINK as SHARDED_SHRINK
 
@@ -36,20 +39,32 @@ def _config(**overrides):
   return c
 
 
-class _Recording(Trainer):
+class _Recording(Session):
   """Keeps a host copy of the base the RL phase starts from."""
 
-  def init_state(self, params):
-    self.base_at_start = jax.tree.map(np.array, params)
-    return super().init_state(params)
+  def start(self):
+    state = super().start()
+    self.base_at_start = jax.tree.map(np.array, self.policy.base)
+    return state
+
+
+class _Finished:
+  """The finished run: its session, final state (from the last checkpoint) and run."""
+
+  def __init__(self, session, workdir):
+    self.session, self.run, self.policy = session, session.run, session.policy
+    self.model_cfg, self.lora_cfg = self.run.model_cfg, self.run.lora_cfg
+    self.base_at_start = session.base_at_start
+    self.state = session.restore(workdir)[0]
 
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("lora_run"))
-  trainer = _Recording(parse_config(_config()), workdir)
-  summary = trainer.run()
-  return trainer, workdir, summary
+  run = build_run(parse_config(_config()))
+  session = _Recording(run)
+  summary = train(run, workdir, session=session)
+  return _Finished(session, workdir), workdir, summary
 
 
 def _records(workdir):
@@ -84,11 +99,11 @@ def test_only_adapters_train_and_the_base_is_untouched(finished):
   # is the init with the SFT adapters merged in (what a resume rebuilds).
   assert any(np.abs(np.asarray(ab["b"])).max() > 0
              for ab in jax.tree.leaves(state.params, is_leaf=lambda x: "b" in x))
-  jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, trainer.base_params),
+  jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, trainer.policy.base),
                trainer.base_at_start)
-  init = trainer._init_params(jax.random.fold_in(jax.random.PRNGKey(0), 0))
+  init = trainer.policy.init_params(jax.random.fold_in(jax.random.PRNGKey(0), 0))
   init_embed = np.array(init["embed"])
-  rebuilt = trainer._merge(init, state.sft_adapters)  # (donates `init`)
+  rebuilt = trainer.policy.merge(init, state.sft_adapters)  # (donates `init`)
   jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, rebuilt),
                trainer.base_at_start)
   assert not np.array_equal(init_embed, trainer.base_at_start["embed"])  # SFT moved it
@@ -101,61 +116,65 @@ def test_merged_export_reloads_in_transformers(finished):
   reloaded = transformers.AutoModelForCausalLM.from_pretrained(
       os.path.join(workdir, "merged_hf")).float().eval()
   tokens = np.random.default_rng(0).integers(0, cfg.vocab_size, (2, 12)).astype(np.int32)
-  merged = models.apply(cfg, lora.merge(trainer.base_params, state.params, trainer.lora_cfg),
+  merged = models.apply(cfg, lora.merge(trainer.policy.base, state.params, trainer.lora_cfg),
                         tokens)[0]
-  unmerged = models.apply(cfg, trainer.policy(state.params), tokens)[0]
+  unmerged = models.apply(cfg, trainer.policy.sampling(state.params), tokens)[0]
   np.testing.assert_allclose(hf_logits(reloaded, tokens), np.asarray(merged), atol=1e-4,
                              rtol=1e-4)
   np.testing.assert_allclose(np.asarray(unmerged), np.asarray(merged), atol=1e-5, rtol=1e-5)
 
 
 def test_restored_state_and_rebuilt_base_equal_the_final_ones(finished):
-  trainer, _, _ = finished
-  state = trainer.restore_state()  # also rebuilds `trainer.base_params` (init + SFT adapters)
+  trainer, workdir, _ = finished
+  # A fresh session of the same run: the restore also rebuilds the base (init + SFT adapters).
+  other = Session(trainer.run)
+  state, _ = other.restore(workdir)
   for name in ("params", "opt_state", "sft_adapters"):
     jax.tree.map(np.testing.assert_array_equal, getattr(state, name),
                  getattr(trainer.state, name))
-  jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, trainer.base_params),
+  jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, other.policy.base),
                trainer.base_at_start)
 
 
 def test_step_on_mixed_rewards_moves_adapters_not_base(finished):
   trainer, _, _ = finished
+  session, rl_step = trainer.session, trainer.session.rl_step
   state = jax.tree.map(jnp.copy, trainer.state)  # the steps donate their state
-  base = jax.tree.map(np.array, trainer.base_params)
-  state, ids, round_state, pool, key = trainer._begin(state)
-  pool, _ = trainer._sample_round(trainer.policy(state.params), pool, round_state,
-                                  state.alloc["budget"], ids, trainer.data, np.int32(0), key)
-  pool = pool._replace(rewards=jax.device_put(np.tile([1.0, 0.0, 0.0, 1.0], 4).astype(np.float32),
-                                              pool.rewards.sharding))
+  base = jax.tree.map(np.array, trainer.policy.base)
+  state, rollout = rl_step.begin(state)
+  rollout, _ = rl_step.sample(trainer.policy.sampling(state.params), state.alloc["budget"],
+                              session.data, rollout)
+  pool = rollout.pool
+  rollout = rollout.replace(pool=pool._replace(rewards=jax.device_put(
+      np.tile([1.0, 0.0, 0.0, 1.0], 4).astype(np.float32), pool.rewards.sharding)))
   before = jax.tree.map(np.array, state.params)
-  new, metrics, _ = trainer._train_step(state, pool, ids, np.int32(1), np.int32(0),
-                                        trainer.base_params)
+  new, metrics, _ = rl_step.train(state, rollout, np.int32(0), trainer.policy.base)
   assert float(metrics["grad_norm"]) > 0 and float(metrics["effective_ratio"]) == 1.0
   moved = jax.tree.map(lambda a, b: not np.array_equal(np.asarray(a), b), new.params, before)
   assert all(jax.tree.leaves(moved))
-  jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, trainer.base_params),
+  jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, trainer.policy.base),
                base)
-  assert trainer._train_step._cache_size() == 1  # the run's compiled step, reused
+  assert rl_step.compiled_counts()["train"] == 1  # compiled once, reused
 
 
 def test_adapter_shardings_follow_the_rules():
   # What the jitted init / steps are given as in / out shardings, on a (2, 2, 2) mesh.
-  trainer = Trainer(parse_config(_config(**{"mesh.num_devices": 0, "mesh.data": 2,
-                                            "mesh.fsdp": 2, "mesh.tensor": 2})), "/tmp/unused")
-  sh, shapes = trainer.state_sh, trainer.abstract_state
+  run = build_run(parse_config(_config(**{"mesh.num_devices": 0, "mesh.data": 2,
+                                          "mesh.fsdp": 2, "mesh.tensor": 2})))
+  layout = Session(run).layout
+  sh, shapes = layout.state_sh, layout.abstract_state
   rules = parallel.normalize_rules(parallel.DEFAULT_RULES)
-  axes = lora.lora_axes(trainer.model_cfg, trainer.lora_cfg)
+  axes = lora.lora_axes(run.model_cfg, run.lora_cfg)
   leaves = jax.tree.leaves(axes, is_leaf=lambda x: isinstance(x, tuple))
   mu = lambda state: state.opt_state[1][0].mu  # clip_by_global_norm, then adamw's scale_by_adam
   for tree, x_tree in ((sh.params, shapes.params), (mu(sh), mu(shapes)),
                        (sh.sft_adapters, shapes.sft_adapters)):
     for ax, s, x in zip(leaves, jax.tree.leaves(tree), jax.tree.leaves(x_tree)):
-      assert s.spec == parallel.logical_to_spec(ax, rules, x.shape, trainer.mesh), ax
+      assert s.spec == parallel.logical_to_spec(ax, rules, x.shape, run.mesh), ax
   assert sh.params["layers"]["wq"]["a"].spec == P(None, "fsdp", None)  # (layers, embed, rank)
   assert sh.params["layers"]["wq"]["b"].spec == P(None, None, "tensor", None)
-  assert trainer.base_sh["layers"]["wq"].spec == P(None, "fsdp", "tensor", None)
-  assert trainer.policy_sh.base == trainer.base_sh and trainer.policy_sh.adapters == sh.params
+  assert layout.base_sh["layers"]["wq"].spec == P(None, "fsdp", "tensor", None)
+  assert layout.policy_sh.base == layout.base_sh and layout.policy_sh.adapters == sh.params
 
 
 def test_bad_lora_settings_fail_at_launch_naming_them():
@@ -166,26 +185,20 @@ def test_bad_lora_settings_fail_at_launch_naming_them():
   with pytest.raises(ConfigError, match=r"LoraConfig\.rank must be an int >= 1"):
     parse_config(_config(**{"lora.rank": 0}))
   with pytest.raises(ConfigError, match=r"config\.lora\.targets:.*matches no param path"):
-    Trainer(parse_config(_config(**{"lora.targets": "wq"})), "/tmp/unused")
+    build_run(parse_config(_config(**{"lora.targets": "wq"})))
   with pytest.raises(ConfigError, match=r"lm_head.*matches no param path"):  # tied: no lm_head
-    Trainer(parse_config(_config(**{"lora.targets": "lm_head"})), "/tmp/unused")
+    build_run(parse_config(_config(**{"lora.targets": "lm_head"})))
 
 
 @pytest.mark.slow
 def test_interrupted_lora_run_resumes_to_the_same_result(finished, tmp_path):
   _, _, full = finished
 
-  class StopAfterTwo(Trainer):
-    def _emit(self, writer, progress, step, *args):
-      out = super()._emit(writer, progress, step, *args)
-      if step == 2:
-        self._stop_signal = signal.SIGTERM
-      return out
-
   workdir = str(tmp_path / "resumed")
+  flag, callbacks = _stop_after(2)
   with pytest.raises(Preempted):
-    StopAfterTwo(parse_config(_config()), workdir).run()
-  resumed = Trainer(parse_config(_config()), workdir).run()
+    train(build_run(parse_config(_config())), workdir, stop=flag, callbacks=callbacks)
+  resumed = train(build_run(parse_config(_config())), workdir)
   assert resumed["rollouts"] == full["rollouts"]
   assert resumed["final_accuracy"] == full["final_accuracy"]
   assert resumed["last_loss"] == pytest.approx(full["last_loss"], rel=1e-5, abs=1e-7)

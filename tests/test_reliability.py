@@ -18,7 +18,7 @@ import pytest
 
 from adaptive_rl.checkpoint import Checkpointer
 from adaptive_rl.rl.config import ConfigError
-from adaptive_rl.rl.trainer import WorkdirError, check_workdir_writable
+from adaptive_rl.rl.workdir import WorkdirError, check_workdir_writable
 
 _LIKE = {"w": jax.ShapeDtypeStruct((16, 8), np.float32), "b": jax.ShapeDtypeStruct((8,), np.int32)}
 

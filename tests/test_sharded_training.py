@@ -16,7 +16,9 @@ from jax.sharding import PartitionSpec as P
 
 from adaptive_rl import models, parallel
 from adaptive_rl.rl.config import ConfigError, load_config_file, parse_config
-from adaptive_rl.rl.trainer import Trainer
+from adaptive_rl.rl.loop import train
+from adaptive_rl.rl.run import build_run
+from adaptive_rl.rl.session import Session
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -53,10 +55,20 @@ def _records(workdir):
   return [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
 
 
+class _Done:
+  """A finished run: its session's pieces and the final state (read from its checkpoint)."""
+
+  def __init__(self, session, workdir):
+    self.session, self.mesh, self.data = session, session.run.mesh, session.data
+    self.model_cfg = session.run.model_cfg
+    self.state = session.restore(str(workdir))[0]
+
+
 def _run(workdir, **mesh):
-  trainer = Trainer(parse_config(_config(**mesh)), str(workdir))
-  trainer.run()
-  return trainer, _records(workdir)
+  run = build_run(parse_config(_config(**mesh)))
+  session = Session(run)
+  train(run, str(workdir), session=session)
+  return _Done(session, workdir), _records(workdir)
 
 
 @pytest.fixture(scope="module")
@@ -126,10 +138,10 @@ def test_state_shardings_follow_the_rules(sharded):
 
 def test_checkpoint_restores_onto_another_mesh(one_device):
   workdir, trainer1, _ = one_device
-  other = Trainer(parse_config(_config(data=2, fsdp=2, tensor=2)), str(workdir))
-  state = other.restore_state()
+  other = Session(build_run(parse_config(_config(data=2, fsdp=2, tensor=2))))
+  state, _ = other.restore(str(workdir))
   assert state.params["layers"]["wq"].sharding.spec == P(None, "fsdp", "tensor", None)
-  assert state.params["layers"]["wq"].sharding.mesh == other.mesh
+  assert state.params["layers"]["wq"].sharding.mesh == other.run.mesh
   jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, state.params),
                jax.tree.map(np.asarray, trainer1.state.params))
 
@@ -137,9 +149,9 @@ def test_checkpoint_restores_onto_another_mesh(one_device):
 def test_mesh_that_does_not_match_the_devices_fails_at_launch():
   with pytest.raises(ConfigError, match=r"config\.mesh: mesh\.data=3 x mesh\.fsdp=2 x "
                                         r"mesh\.tensor=1 x mesh\.sequence=1 = 6 != 8 devices"):
-    Trainer(parse_config(_config(data=3, fsdp=2)), "/tmp/unused")
+    build_run(parse_config(_config(data=3, fsdp=2)))
   with pytest.raises(ConfigError, match=r"mesh\.num_devices=16 but there are only 8"):
-    Trainer(parse_config(_config(num_devices=16)), "/tmp/unused")
+    build_run(parse_config(_config(num_devices=16)))
   with pytest.raises(ConfigError, match=r"at most one mesh axis may be -1"):
     parse_config(_config(fsdp=-1))
 
@@ -148,23 +160,23 @@ def test_logical_axis_without_a_rule_fails_at_launch():
   c = _config()
   c.logical_axis_rules = tuple(r for r in parallel.DEFAULT_RULES if r[0] != "mlp")
   with pytest.raises(ConfigError, match=r"logical axis 'mlp' has no rule"):
-    Trainer(parse_config(c), "/tmp/unused")
+    build_run(parse_config(c))
   c.logical_axis_rules = parallel.DEFAULT_RULES + (("embd", "fsdp"),)
   with pytest.raises(ConfigError, match=r"unknown logical axis 'embd'; did you mean 'embed'"):
     parse_config(c)
   c.logical_axis_rules = (("mlp", "model"),) + tuple(
       r for r in parallel.DEFAULT_RULES if r[0] != "mlp")
   with pytest.raises(ConfigError, match=r"names mesh axis 'model'"):
-    Trainer(parse_config(c), "/tmp/unused")
+    build_run(parse_config(c))
 
 
 def test_run_that_cannot_fit_fails_at_launch(monkeypatch):
-  from adaptive_rl.rl import trainer as trainer_lib  # pylint: disable=import-outside-toplevel
+  from adaptive_rl.rl import run as run_lib  # pylint: disable=import-outside-toplevel
   # CPU devices report no memory limit (the check is skipped there): pretend 64 KiB devices.
-  monkeypatch.setattr(trainer_lib, "device_memory_bytes", lambda *args: 64 * 1024)
+  monkeypatch.setattr(run_lib, "device_memory_bytes", lambda *args: 64 * 1024)
   with pytest.raises(ConfigError, match=r"does not fit in device memory: estimated peak .* "
                                         r"per device .* To fit: raise mesh.fsdp"):
-    Trainer(parse_config(_config()), "/tmp/unused")
+    build_run(parse_config(_config()))
 
 
 def _free_port() -> int:

@@ -64,7 +64,7 @@ def test_text_task_pieces(files):
 def test_math_config_reads_boxed_solutions(files, tmp_path):
   import importlib.util
   from adaptive_rl.rl.config import parse_config
-  from adaptive_rl.rl.trainer import Trainer
+  from adaptive_rl.rl.run import build_run
   path = tmp_path / "math.jsonl"
   rows = [{"problem": f"what is {i} plus {i} ?",
            "solution": f"{i} + {i} = {2 * i} , so \\boxed{{\\frac{{{4 * i}}}{{2}}}}"}
@@ -77,8 +77,7 @@ def test_math_config_reads_boxed_solutions(files, tmp_path):
   full = mod.get_config(f"model={files['ckpt']},train={path}")
   assert full.task.completion_length == 3000 and full.task.answer_format == "boxed"
   c = mod.get_config(f"smoke=True,model={files['ckpt']},train={path}")
-  trainer = Trainer(parse_config(c), str(tmp_path / "run"))
-  assert trainer.test_data.size == 4 and trainer.host_rewards
-  assert set(trainer.train_data.answers) <= {f"\\frac{{{4 * i}}}{{2}}" for i in range(1, 9)}
-  assert trainer.task.reward_text("\\boxed{4}", "\\frac{8}{2}") == 1.0
-  trainer.close()
+  run = build_run(parse_config(c))
+  assert run.test_data.size == 4 and run.host_rewards
+  assert set(run.train_data.answers) <= {f"\\frac{{{4 * i}}}{{2}}" for i in range(1, 9)}
+  assert run.task.reward_text("\\boxed{4}", "\\frac{8}{2}") == 1.0

@@ -13,7 +13,10 @@ import numpy as np
 import pytest
 
 from adaptive_rl.rl.config import ConfigError, load_config_file, parse_config
-from adaptive_rl.rl.trainer import Preempted, Trainer
+from adaptive_rl.rl.loop import NumericalFailure, train
+from adaptive_rl.rl.preemption import Preempted, StopFlag
+from adaptive_rl.rl.run import build_run
+from adaptive_rl.rl.session import Session
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -40,9 +43,26 @@ def _config(**rl):
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("run"))
-  trainer = Trainer(parse_config(_config()), workdir)
-  summary = trainer.run()
-  return trainer, workdir, summary
+  run = build_run(parse_config(_config()))
+  session = Session(run)
+  summary = train(run, workdir, session=session)
+  return session, workdir, summary
+
+
+def _train(config, workdir, **kwargs):
+  return train(build_run(parse_config(config)), str(workdir), **kwargs)
+
+
+def _stop_after(step: int) -> tuple[StopFlag, list]:
+  """A stop flag and a callback that sets it after `step`, as the SIGTERM handler would."""
+  flag = StopFlag()
+
+  def callback(done, record):
+    del record
+    if done == step:
+      flag.signal = signal.SIGTERM
+
+  return flag, [callback]
 
 
 _REQUIRED = ("step", "rollouts", "tokens_generated", "reward_mean", "accuracy", "effective_ratio",
@@ -52,7 +72,7 @@ _REQUIRED = ("step", "rollouts", "tokens_generated", "reward_mean", "accuracy", 
 
 
 def test_outputs(finished):
-  trainer, workdir, summary = finished
+  session, workdir, summary = finished
   lines = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
   assert [r["step"] for r in lines] == [1, 2, 3, 4]
   for rec in lines:
@@ -71,31 +91,27 @@ def test_outputs(finished):
   assert sorted(os.listdir(os.path.join(workdir, "plots"))) == [
       "effective_ratio.png", "reward_accuracy.png", "samples_per_prompt.png"]
   assert any(f.startswith("events") for f in os.listdir(os.path.join(workdir, "tb")))
-  assert trainer.test_data.size == 40
+  assert session.run.test_data.size == 40
 
 
-def test_jitted_functions_compile_once(finished):
-  trainer, _, _ = finished
-  for fn in (trainer._begin, trainer._sample_round, trainer._finish_round, trainer._train_step):
-    assert fn._cache_size() == 1
+def test_the_rl_step_compiles_once_as_one_program(finished):
+  session, _, _ = finished
+  # In-graph rewards: the whole step (rounds included) is one jitted program, compiled once;
+  # the Python-driven pieces never ran.
+  assert session.rl_step.compiled_counts() == {"begin": 0, "sample": 0, "finish": 0,
+                                               "train": 0, "step": 1}
 
 
 def test_interrupted_run_resumes_to_the_same_result(finished, tmp_path):
   _, _, full = finished
 
-  class StopAfterTwo(Trainer):
-    def _emit(self, writer, progress, step, *args):
-      out = super()._emit(writer, progress, step, *args)
-      if step == 2:
-        self._stop_signal = signal.SIGTERM  # what the SIGTERM handler sets
-      return out
-
   workdir = str(tmp_path / "resumed")
+  flag, callbacks = _stop_after(2)
   with pytest.raises(Preempted, match="SIGTERM"):
-    StopAfterTwo(parse_config(_config()), workdir).run()
+    _train(_config(), workdir, stop=flag, callbacks=callbacks)
   lines = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
   assert lines[-1]["step"] in (2, 3)
-  resumed = Trainer(parse_config(_config()), workdir).run()
+  resumed = _train(_config(), workdir)
   assert resumed["final_accuracy"] == full["final_accuracy"]
   assert resumed["rollouts"] == full["rollouts"]
   assert resumed["last_loss"] == pytest.approx(full["last_loss"], rel=1e-5, abs=1e-7)
@@ -103,31 +119,33 @@ def test_interrupted_run_resumes_to_the_same_result(finished, tmp_path):
   assert steps == [1, 2, 3, 4]  # steps after the checkpoint rewritten, not repeated
 
 
-def _pool_state(trainer, rewards):
-  state = trainer.init_state(trainer._init_params(jax.random.PRNGKey(0)))
-  state, ids, round_state, pool, key = trainer._begin(state)
-  pool, plan = trainer._sample_round(state.params, pool, round_state, state.alloc["budget"], ids,
-                                     trainer.data, jnp.int32(0), key)
-  pool = pool._replace(rewards=jnp.asarray(rewards, jnp.float32))
-  return state, pool, ids
+def _rollout_state(session, rewards):
+  """A fresh (no SFT) state and one sampled round whose rewards are replaced by `rewards`."""
+  rl_step = session.rl_step
+  state = session.policy.start(lambda trained, base, key: None)  # no warm start
+  state, rollout = rl_step.begin(state)
+  rollout, _ = rl_step.sample(state.params, state.alloc["budget"], session.data, rollout)
+  rollout = rollout.replace(pool=rollout.pool._replace(rewards=jnp.asarray(rewards,
+                                                                           jnp.float32)))
+  return state, rollout
 
 
 def test_zero_advantage_batch_leaves_params_unchanged(finished):
-  trainer, _, _ = finished
-  state, pool, ids = _pool_state(trainer, np.full(16, 1.0))
+  session, _, _ = finished
+  state, rollout = _rollout_state(session, np.full(16, 1.0))
   before = jax.tree.map(np.asarray, state.params)
-  new, metrics, _ = trainer._train_step(state, pool, ids, jnp.int32(1), jnp.int32(0))
+  new, metrics, _ = session.rl_step.train(state, rollout, np.int32(0))
   jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, new.params), before)
   assert float(metrics["effective_ratio"]) == 0.0 and float(metrics["grad_norm"]) == 0.0
 
 
 def test_first_epoch_ratio_is_one_and_nothing_clipped(finished):
-  trainer, _, _ = finished
+  session, _, _ = finished
   rewards = np.tile([1.0, 0.0, 0.0, 1.0], 4)
-  state, pool, ids = _pool_state(trainer, rewards)
+  state, rollout = _rollout_state(session, rewards)
   # One mini-batch, one epoch: the policy that sampled is the one being differentiated.
-  single = Trainer(parse_config(_config(mini_batches=1)), trainer.workdir + "_single")
-  _, metrics, _ = single._train_step(state, pool, ids, jnp.int32(1), jnp.int32(0))
+  single = Session(build_run(parse_config(_config(mini_batches=1))))
+  _, metrics, _ = single.rl_step.train(state, rollout, np.int32(0))
   assert abs(float(metrics["ratio_mean"]) - 1.0) < 1e-4
   assert float(metrics["clip_frac"]) == 0.0
   assert float(metrics["effective_ratio"]) == 1.0
@@ -145,7 +163,7 @@ def test_bad_config_keys_and_values_fail_naming_them():
   c = _config()
   c.allocator.name = "nonsense"
   with pytest.raises(ConfigError, match="valid allocators"):
-    Trainer(parse_config(c), "/tmp/unused")
+    build_run(parse_config(c))
 
 
 def test_launch_rejects_unknown_override(tmp_path):
@@ -164,7 +182,7 @@ def test_host_reward_failures_score_zero_and_are_counted(tmp_path):
   c.reward.fn = "tests.reward_fns:flaky_exact"
   c.reward.timeout_s = 2.0
   c.task.reverse_answer = False
-  summary = Trainer(parse_config(c), str(tmp_path)).run()
+  summary = _train(c, tmp_path)
   lines = [json.loads(l) for l in open(os.path.join(tmp_path, "metrics.jsonl"))]
   assert summary["steps"] == 2
   assert lines[-1]["reward_errors"] > 0
@@ -172,10 +190,11 @@ def test_host_reward_failures_score_zero_and_are_counted(tmp_path):
 
 def test_evaluate_k_on_the_trained_policy(finished):
   from adaptive_rl.rl.evaluation import evaluate_k
-  trainer, _, _ = finished
-  state = trainer.restore_state()
-  out = evaluate_k(trainer.model_cfg, state.params, trainer.task, trainer.test_data, k=4,
-                   temperature=1.0, max_new_tokens=trainer.max_new, batch_size=16, limit=20)
+  session, workdir, _ = finished
+  state, _ = session.restore(workdir)
+  run = session.run
+  out = evaluate_k(run.model_cfg, state.params, run.task, run.test_data, k=4,
+                   temperature=1.0, max_new_tokens=run.max_new, batch_size=16, limit=20)
   assert out["num_prompts"] == 20
   assert out["pass@1"] == pytest.approx(out["avg@4"])  # unbiased pass@1 is the mean
   assert out["pass@1"] <= out["pass@2"] <= out["pass@4"] <= 1.0
@@ -195,9 +214,34 @@ def test_evaluate_cli_writes_json(finished):
   assert result["step"] == 4 and result["num_prompts"] == 8 and "pass@2" in result
 
 
+def _nan_at_step(step: int):
+  """A policy loss that is NaN during RL step `step` (1-based): fault injection through the
+  run's `loss_fn`, reading a host-side count of mini-batch updates (2 per step here)."""
+  from adaptive_rl.rl.losses import policy_loss
+  calls = {"n": 0}
+
+  def poison():
+    calls["n"] += 1
+    return np.float32(np.nan if (calls["n"] - 1) // 2 + 1 == step else 1.0)
+
+  def loss_fn(*args):
+    loss, metrics = policy_loss(*args)
+    factor = jax.experimental.io_callback(poison, jax.ShapeDtypeStruct((), jnp.float32),
+                                          ordered=True)
+    return loss * factor, metrics
+
+  return loss_fn
+
+
+def _train_with_nan(config, workdir, step):
+  import dataclasses
+  run = build_run(parse_config(config))
+  return train(dataclasses.replace(run, loss_fn=_nan_at_step(step)), str(workdir))
+
+
 def test_nan_loss_is_skipped_counted_and_the_run_goes_on(tmp_path):
-  c = _config(inject_nan_step=2, steps=3)
-  summary = Trainer(parse_config(c), str(tmp_path)).run()
+  c = _config(steps=3)
+  summary = _train_with_nan(c, tmp_path, 2)
   lines = [json.loads(l) for l in open(os.path.join(tmp_path, "metrics.jsonl"))]
   assert summary["steps"] == 3
   # Both mini-batch updates of step 2 were skipped, none of the others.
@@ -206,10 +250,9 @@ def test_nan_loss_is_skipped_counted_and_the_run_goes_on(tmp_path):
 
 
 def test_too_many_consecutive_nans_stop_with_a_checkpoint(tmp_path):
-  from adaptive_rl.rl.trainer import NumericalFailure
-  c = _config(inject_nan_step=2, steps=3, max_consecutive_nan=2)
+  c = _config(steps=3, max_consecutive_nan=2)
   with pytest.raises(NumericalFailure, match="consecutive"):
-    Trainer(parse_config(c), str(tmp_path)).run()
+    _train_with_nan(c, tmp_path, 2)
   from adaptive_rl.checkpoint import Checkpointer
   ck = Checkpointer(str(tmp_path))
   assert ck.latest_step() == 2
@@ -238,7 +281,7 @@ def test_preemption_notice_checkpoints_then_a_damaged_latest_step_is_retrained(
   # What jax's preemption sync manager reports on a multi-host TPU run that got a notice.
   monkeypatch.setattr(Checkpointer, "reached_preemption", lambda self, step: step == 3)
   with pytest.raises(Preempted, match="preemption notice: checkpointed step 3"):
-    Trainer(parse_config(_config()), workdir).run()
+    _train(_config(), workdir)
   monkeypatch.undo()
   ck = Checkpointer(workdir)
   assert ck.all_steps() == [2, 3]
@@ -246,7 +289,7 @@ def test_preemption_notice_checkpoints_then_a_damaged_latest_step_is_retrained(
   assert [json.loads(l)["step"] for l in open(os.path.join(workdir, "metrics.jsonl"))] == [1, 2, 3]
   # Damage the newest checkpoint: the resume falls back to step 2 and trains 3 and 4 again.
   shutil.rmtree(os.path.join(workdir, "checkpoints", "3", "state"))
-  resumed = Trainer(parse_config(_config()), workdir).run()
+  resumed = _train(_config(), workdir)
   assert os.path.isdir(os.path.join(workdir, "checkpoints_unreadable", "3"))
   steps = [json.loads(l)["step"] for l in open(os.path.join(workdir, "metrics.jsonl"))]
   assert steps == [1, 2, 3, 4]  # rewritten after step 2, not duplicated

@@ -18,8 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from adaptive_rl.allocation.metrics import efficiency_metrics
-from adaptive_rl.allocation.roles import Allocator, PoolView, prompt_stats
+from adaptive_rl.allocation import rollout
+from adaptive_rl.allocation.roles import Allocator, PoolView
 
 DISTRIBUTIONS = ("uniform", "u_shaped", "hard", "easy", "mixed")
 
@@ -48,51 +48,35 @@ def pass_rates(name: str, num_prompts: int, seed: int = 0) -> np.ndarray:
 
 @functools.partial(jax.jit, static_argnums=(0, 2))
 def _run(allocator: Allocator, p0: jax.Array, steps: int, drift: jax.Array, key: jax.Array):
-  budget, group = allocator.budget, allocator.group
+  group = allocator.group
   num_prompts = p0.shape[0]
-  s, r_max = budget.num_slots, budget.max_rounds
-  m = s * r_max
+  s, m = allocator.budget.num_slots, allocator.pool_rows
   k_init, k_run = jax.random.split(key)
   alloc = allocator.init(num_prompts, k_init)
 
   def step(carry, key):
     alloc, p_true = carry
     k_sel, k_rounds = jax.random.split(key)
-    alloc, ids = allocator.choose(alloc, k_sel)
-    round_state = budget.start(alloc["budget"], ids)
     pool = PoolView(prompt=jnp.zeros((m,), jnp.int32), rewards=jnp.zeros((m,), jnp.float32),
                     valid=jnp.zeros((m,), bool), order=jnp.arange(m, dtype=jnp.int32))
 
-    def one_round(r, c):
-      round_state, done, pool, used = c
-      plan = budget.plan(alloc["budget"], round_state, r)
-      plan = plan._replace(slot_valid=plan.slot_valid & ~done)
-      u = jax.random.uniform(jax.random.fold_in(k_rounds, r), (s,))
-      rewards = jnp.where(plan.slot_valid, (u < p_true[ids[plan.slot_prompt]]), False)
-      rewards = rewards.astype(jnp.float32)
-      put = lambda buf, x: jax.lax.dynamic_update_slice_in_dim(buf, x.astype(buf.dtype), r * s, 0)
-      pool = pool._replace(prompt=put(pool.prompt, plan.slot_prompt),
-                           rewards=put(pool.rewards, rewards), valid=put(pool.valid,
-                                                                         plan.slot_valid))
-      new_state, d = budget.observe(round_state, plan, rewards)
-      round_state = jax.tree.map(lambda a, b: jnp.where(done, a, b), round_state, new_state)
-      return round_state, done | d, pool, used + (~done).astype(jnp.int32)
+    def generate(ro, plan, key):  # a rollout is correct with its prompt's true pass rate
+      u = jax.random.uniform(key, (s,))
+      return {}, (u < p_true[ro.ids[plan.slot_prompt]]).astype(jnp.float32)
 
-    _, _, pool, rounds = jax.lax.fori_loop(
-        0, r_max, one_round, (round_state, jnp.asarray(False), pool, jnp.zeros((), jnp.int32)))
-    groups = group.form(pool)
+    alloc, ro = rollout.collect(allocator, alloc, k_sel, k_rounds, pool, generate)
+    groups = group.form(ro.pool)
     adv = jnp.where(groups.valid, groups.advantages, 0.0)
     # Simulated extras: G = 1 per correct sample; diversity = distinct rewards per group.
-    stats = prompt_stats(ids, pool, allocator.tau, jnp.ones((m,), jnp.float32),
-                         (pool.rewards > allocator.tau).astype(jnp.int32))
-    alloc = allocator.update(alloc, stats, pool)
-    eff = efficiency_metrics(groups, adv, stats, pool)
+    alloc, _, eff = rollout.settle(allocator, alloc, ro, groups, adv, jnp.ones((m,), jnp.float32),
+                                   (ro.pool.rewards > allocator.tau).astype(jnp.int32))
+    ids = ro.ids
     learned = jax.ops.segment_max((groups.valid & (jnp.abs(adv) > 0)).astype(jnp.int32),
                                   groups.group, num_segments=ids.shape[0]) > 0
     target = jnp.where(learned, ids, num_prompts)
     p_ids = p_true.at[ids].get(mode="clip")
     p_true = p_true.at[target].set(p_ids + drift * (1.0 - p_ids), mode="drop")
-    metrics = {**eff, "rounds": rounds, "mean_pass_rate": jnp.mean(p_true)}
+    metrics = {**eff, "rounds": ro.rounds, "mean_pass_rate": jnp.mean(p_true)}
     return (alloc, p_true), metrics
 
   (alloc, p_true), metrics = jax.lax.scan(step, (alloc, p0), jax.random.split(k_run, steps))

@@ -1,9 +1,23 @@
-"""RL math and training: advantages, losses (and, later, the train state, step and trainer).
+"""RL math and training.
 
+The math:
   advantages  group-relative (GRPO / Dr.GRPO / RLOO) and global-baseline advantages over a flat
               batch with group ids; per-group reward statistics.
   losses      clipped surrogate, KL estimators, entropy, loss aggregation, overlong penalty,
               and `policy_loss` combining them under a `LossConfig`.
+The one RL step:
+  rl_step     `RLStep`: rollout (select -> budget rounds, `allocation.rollout`) + train step,
+              one jitted program with in-graph rewards; `step` the train step, built from
+              `batch` (rows, masks, old / reference log-probs) and `optimize` (PPO epochs).
+The trainer, split by job:
+  run         `build_run(RunConfig) -> Run`: the frozen bundle of everything static (no jit).
+  layout      shardings and placement on the mesh.
+  policy      trained params + (LoRA) frozen base: init, warm start, restore, merge, export.
+  sft         the supervised warm start.
+  host_scoring  host reward scoring (train rounds and evaluation).
+  session     a run's jitted pieces together (`Session(run)`).
+  preemption, workdir  stopping cleanly; workdir checks and config.json.
+  loop        `train(run, workdir) -> summary`.
 """
 
 from __future__ import annotations

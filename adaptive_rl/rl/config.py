@@ -122,7 +122,6 @@ class RLConfig:
   overlong_buffer: int = 0
   mask_truncated: bool = False
   share_prompts: bool = True  # one forward pass per prompt, not per completion (StepConfig)
-  inject_nan_step: int = 0  # testing hook: make this step's loss NaN (0 = off)
   max_consecutive_nan: int = 5
 
   def __post_init__(self):
@@ -158,7 +157,7 @@ class RLConfig:
         micro_batches=self.micro_batches, recompute_old_logp=self.recompute_old_logp,
         logprob_chunk=self.logprob_chunk, compute_entropy=True, tau=self.tau,
         overlong_buffer=self.overlong_buffer, mask_truncated=self.mask_truncated,
-        share_prompts=self.share_prompts, inject_nan_step=self.inject_nan_step)
+        share_prompts=self.share_prompts)
 
   def optimizer(self) -> OptimizerConfig:
     return OptimizerConfig(lr=self.lr, warmup_steps=self.warmup_steps, decay=self.decay,
@@ -222,9 +221,13 @@ class RewardConfig:
 
 @dataclasses.dataclass(frozen=True)
 class LogConfig:
+  """Outputs: TensorBoard events, the progress bar, plots, and a note printed at start and end
+  (e.g. a smoke config's "a plumbing check, too short to show learning")."""
+
   tensorboard: bool = True
   progress: bool = True
   plots: bool = True
+  note: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
