@@ -40,11 +40,14 @@ def _rl_step(cfg, allocator, step_cfg, tx):
 
 
 def _rollout(rl_step, state, data):
-  """One step's rollout, rounds driven from Python with the public pieces."""
-  state, rollout = rl_step.begin(state)
+  """One step's rollout, rounds driven from Python with the public pieces (jitted here without
+  donation: the test's state shares its params with its reference)."""
+  begin, sample = jax.jit(rl_step.begin_fn), jax.jit(rl_step.sample_fn)
+  finish = jax.jit(rl_step.finish_fn)
+  state, rollout = begin(state)
   for _ in range(rl_step.allocator.budget.max_rounds):
-    rollout, plan = rl_step.sample(state.params, state.alloc["budget"], data, rollout)
-    rollout = rl_step.finish(rollout, plan, None)
+    rollout, plan = sample(state.params, state.alloc["budget"], data, rollout)
+    rollout = finish(rollout, plan, None)
     if bool(rollout.done):
       break
   return state, rollout
@@ -84,3 +87,43 @@ def test_shared_prompts_give_the_same_update(allocator_name, mini, micro):
                s_shared.params, s_rows.params)
   # The prompt tokens run once per prompt, not once per row.
   assert flops[0] < flops[1], flops
+
+
+def test_overlong_penalty_shapes_the_rewards_and_changes_the_loss():
+  """DAPO's soft overlong penalty (`StepConfig.overlong_buffer`): rewards the group role sees
+  equal a float64 NumPy reference of R + R_len(L), and the loss changes with it on."""
+  from adaptive_rl.rl.step import shape_rewards
+  cfg = models.ModelConfig(vocab_size=32, hidden_size=32, intermediate_size=64, num_layers=1,
+                           num_heads=4, num_kv_heads=2, scan_layers=False)
+  params = models.init(cfg, jax.random.key(0), init_std=0.3)
+  allocator = build_allocator({"name": "uniform"}, batch_prompts=_PROMPTS, group_size=4,
+                              tau=0.5)
+  tx = optax.sgd(0.1)
+  state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                     ref_params=None, alloc=allocator.init(_DATA, jax.random.key(1)),
+                     rng=jax.random.key(5), counters=new_counters())
+  rl_step = _rl_step(cfg, allocator, StepConfig(), tx)
+  state, rollout = _rollout(rl_step, state, _data())
+  # Lengths spread over the buffer: the penalty is 0 below N - L_cache, linear inside, -1 at N.
+  lengths = jnp.asarray(np.arange(12) % _N + 1, jnp.int32)
+  rollout = rollout.replace(pool=rollout.pool._replace(lengths=lengths))
+  pool = rollout.pool
+  buffer = 3
+  shaped = shape_rewards(StepConfig(overlong_buffer=buffer), pool)
+  length, reward = np.asarray(pool.lengths, np.float64), np.asarray(pool.rewards, np.float64)
+  expect = np.where(length <= _N - buffer, 0.0, ((_N - buffer) - length) / buffer)
+  expect = np.where(np.asarray(pool.valid), reward + np.maximum(expect, -1.0), 0.0)
+  np.testing.assert_allclose(np.asarray(shaped), expect, rtol=1e-6, atol=1e-7)
+  assert np.any(expect != np.where(np.asarray(pool.valid), reward, 0.0))  # not vacuous
+  np.testing.assert_array_equal(np.asarray(shape_rewards(StepConfig(), pool)), pool.rewards)
+
+  losses = {}
+  for b in (0, buffer):
+    train = jax.jit(_rl_step(cfg, allocator, StepConfig(overlong_buffer=b), tx).train_fn)
+    _, metrics, _ = train(state, rollout, jnp.int32(0))
+    losses[b] = float(metrics["loss"])
+    if b:
+      valid = np.asarray(pool.valid)
+      np.testing.assert_allclose(float(metrics["overlong_penalty_mean"]),
+                                 np.sum((expect - reward)[valid]) / valid.sum(), rtol=1e-5)
+  assert losses[0] != losses[buffer], losses
