@@ -20,6 +20,10 @@ _CORE = [
     "jinja2>=3.1.6",
 ]
 
+# tensorflow-datasets 4.9.10 imports importlib_resources (for a builder class defined in a
+# package) without declaring it.
+_TFDS = ["tensorflow-datasets>=4.9", "importlib-resources>=6"]
+
 _EXTRAS = {
     # torch is pinned to the CPU build that lies on the CI machines' disk; any CPU build works.
     "test": [
@@ -33,9 +37,13 @@ _EXTRAS = {
         "ipykernel>=6.29",
         "math-verify>=0.7",
         "pyarrow>=15",
+        # tests/test_tfds.py writes and reads array_record TFDS datasets, which needs no
+        # TensorFlow (~50 MB, seconds to install); tfrecord-format datasets need TensorFlow too
+        # (~1.5 GB), left out: that test skips without it.
+        *_TFDS,
     ],
     "math": ["math-verify>=0.7"],
-    "tfds": ["tensorflow-datasets>=4.9"],
+    "tfds": _TFDS,
     "wandb": ["wandb>=0.17"],
     "data": ["pyarrow>=15", "datasets>=2.19"],
 }

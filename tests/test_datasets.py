@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import numpy as np
@@ -198,3 +199,17 @@ def test_save_to_disk_folder(saved_dataset, reader, monkeypatch):
 def test_numbers_are_decoded_for_tfds_rows():
   row = {"question": b"caf\xc3\xa9", "answer": np.int64(3)}
   assert ds._decode(row) == {"question": "café", "answer": 3}  # pylint: disable=protected-access
+
+
+def test_tfds_sources_parse_without_tfds():
+  spec = ds.parse_tfds("tfds:my_math/main:1.0.0/test[:10%]?data_dir=~/d&download=true")
+  assert spec == ds.TfdsSpec("my_math/main:1.0.0", "test[:10%]", os.path.expanduser("~/d"), True)
+  assert ds.parse_tfds("tfds:x/train") == ds.TfdsSpec("x", "train", None, False)
+  for path, message in [("tfds:gsm8k", "split is missing"), ("tfds:/train", "name is missing"),
+                        ("tfds:x/", "split is missing"),
+                        ("tfds:x/train?datadir=/d", r"unknown TFDS option 'datadir=/d'"),
+                        ("tfds:x/train?download=maybe", "download must be true or false")]:
+    with pytest.raises(ValueError, match=message):
+      ds.parse_tfds(path)
+  arrays = {"tokens": np.array([b"a", b"b"], dtype=object), "n": np.arange(2)}
+  assert ds._decode(arrays) == {"tokens": ["a", "b"], "n": [0, 1]}  # pylint: disable=protected-access

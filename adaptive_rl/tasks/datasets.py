@@ -11,8 +11,10 @@ Sources, chosen by `fmt` or else by the path:
   * "disk" (a directory): a `datasets.Dataset.save_to_disk` folder, read with the `datasets`
     package when installed, else its arrow files with pyarrow (a `DatasetDict` folder must be
     given as its split's sub-folder);
-  * "tfds" (`tfds:NAME/SPLIT`, e.g. `tfds:gsm8k/train`): tensorflow-datasets (not a declared
-    dependency; imported only here), bytes decoded as UTF-8.
+  * "tfds" (`tfds:NAME/SPLIT[?data_dir=DIR][&download=true]`): a prepared TensorFlow Datasets
+    dataset (extra "tfds"; see `parse_tfds`), bytes decoded as UTF-8. Datasets stored as
+    array_record or parquet are read through `tfds.data_source` without TensorFlow; the older
+    tfrecord format needs TensorFlow as well (`pip install tensorflow-cpu`).
 
 A malformed record (a line that is not JSON, not an object, a missing field, a question that is not
 a non-empty string, an answer without the required marker) raises ValueError naming the file, the
@@ -136,27 +138,155 @@ def _disk(path: str) -> Iterator[tuple[int, Any]]:
 
 
 def _decode(value: Any) -> Any:
+  """A TFDS record as plain Python: bytes -> str (UTF-8), numpy scalars / arrays -> Python."""
   if isinstance(value, bytes):
     return value.decode("utf-8")
+  if isinstance(value, np.ndarray):
+    return [_decode(v) for v in value.tolist()]
   if isinstance(value, np.generic):
     return value.item()
   if isinstance(value, dict):
     return {k: _decode(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_decode(v) for v in value]
   return value
 
 
-def _tfds(path: str) -> Iterator[tuple[int, Any]]:
-  spec = path[len("tfds:"):]
+@dataclasses.dataclass(frozen=True)
+class TfdsSpec:
+  """A TFDS source parsed from `tfds:NAME/SPLIT[?data_dir=DIR][&download=true]`.
+
+  Attributes:
+    name: the dataset, as `tfds.builder` takes it: `NAME`, `NAME/CONFIG`, `NAME:VERSION` or
+      `NAME/CONFIG:VERSION` (e.g. `my_gsm8k`, `my_math/main:1.0.0`).
+    split: a split or a split expression of that dataset (`train`, `test[:100]`, `train+test`).
+    data_dir: the TFDS data directory holding `NAME/[CONFIG/]VERSION/`; None = TFDS's default
+      (`$TFDS_DATA_DIR`, else `~/tensorflow_datasets`).
+    download: download and prepare the dataset (as array_record) when it is not prepared in
+      `data_dir`; off by default, so that a training job never starts a download (and several
+      processes never prepare the same directory at once): prepare it beforehand, e.g.
+      `tfds.builder(NAME, data_dir=DIR, file_format="array_record").download_and_prepare()`.
+  """
+
+  name: str
+  split: str
+  data_dir: str | None = None
+  download: bool = False
+
+
+_TFDS_OPTIONS = ("data_dir", "download")
+_TFDS_FORM = "tfds:NAME/SPLIT[?data_dir=DIR][&download=true], e.g. tfds:my_gsm8k/train"
+
+
+def parse_tfds(path: str) -> TfdsSpec:
+  """Parses `tfds:NAME/SPLIT[?data_dir=DIR][&download=true]` (the `tfds:` prefix is optional).
+
+  The split is the part after the last "/" of the part before "?"; everything before it is the
+  name (which may hold a config and a version).
+
+  Args:
+    path: the source string.
+
+  Returns:
+    The parsed spec.
+
+  Raises:
+    ValueError: naming the part that is missing or malformed (name, split, an unknown option
+      or a bad `download` value).
+  """
+  spec = path[len("tfds:"):] if path.startswith("tfds:") else path
+  spec, _, query = spec.partition("?")
   name, sep, split = spec.rpartition("/")
-  if not sep or not name or not split:
-    raise ValueError(f"{path!r}: expected tfds:NAME/SPLIT, e.g. tfds:gsm8k/train")
+  if not name.strip("/") or not split:
+    missing = "name" if sep and split else "split"
+    raise ValueError(f"{path!r}: the TFDS dataset {missing} is missing; expected {_TFDS_FORM}")
+  options: dict[str, str] = {}
+  for item in query.split("&") if query else ():
+    key, eq, value = item.partition("=")
+    if key not in _TFDS_OPTIONS or not eq:
+      raise ValueError(f"{path!r}: unknown TFDS option {item!r}; options are "
+                       f"{list(_TFDS_OPTIONS)} (expected {_TFDS_FORM})")
+    options[key] = value
+  data_dir = options.get("data_dir") or None
+  download = options.get("download", "false").lower()
+  if download not in ("true", "false", "1", "0", "yes", "no"):
+    raise ValueError(f"{path!r}: TFDS option download must be true or false, got {download!r}")
+  if data_dir is not None:
+    data_dir = os.path.expanduser(data_dir)
+  return TfdsSpec(name=name.strip("/"), split=split, data_dir=data_dir,
+                  download=download in ("true", "1", "yes"))
+
+
+def _import_tfds(path: str):
   try:
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top  (extra "tfds")
   except ImportError as e:
     raise ImportError(f"reading {path!r} needs tensorflow-datasets: "
                       "pip install 'adaptive_rl[tfds]'") from e
-  for n, row in enumerate(tfds.as_numpy(tfds.load(name, split=split)), start=1):
-    yield n, _decode(row)
+  return tfds
+
+
+def _first_line(e: BaseException) -> str:
+  return (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+
+
+def _tfds_builder(path: str, spec: TfdsSpec):
+  """The prepared dataset's builder, or a ValueError naming what is wrong."""
+  tfds = _import_tfds(path)
+  where = spec.data_dir or "the default TFDS data_dir ($TFDS_DATA_DIR or ~/tensorflow_datasets)"
+  try:
+    builder = tfds.builder(spec.name, data_dir=spec.data_dir)
+  except tfds.core.DatasetNotFoundError as e:
+    raise ValueError(
+        f"{path}: TFDS dataset name {spec.name!r} not found: neither a registered TFDS "
+        f"dataset nor prepared in {where} ({_first_line(e)}); check the name (NAME, "
+        f"NAME/CONFIG or NAME:VERSION) and data_dir") from None
+  except ValueError as e:  # a name tfds cannot parse
+    raise ValueError(f"{path}: bad TFDS dataset name {spec.name!r}: {_first_line(e)}") from None
+  if not builder.is_prepared():
+    if not spec.download:
+      raise ValueError(
+          f"{path}: TFDS dataset {spec.name!r} is not prepared in {where} (looked for "
+          f"{builder.data_dir}); prepare it first (tfds.builder({spec.name!r}, data_dir=DIR, "
+          f"file_format='array_record').download_and_prepare()) or add &download=true to the "
+          f"source")
+    builder = tfds.builder(spec.name, data_dir=spec.data_dir, file_format="array_record")
+    builder.download_and_prepare()
+  return tfds, builder
+
+
+def _tfds(path: str) -> Iterator[tuple[int, Any]]:
+  spec = parse_tfds(path)
+  tfds, builder = _tfds_builder(path, spec)
+  splits = sorted(builder.info.splits)
+  try:
+    source = builder.as_data_source(split=spec.split)
+  except NotImplementedError:  # tfrecord (sequential) files: tf.data reads them
+    source = None
+  except (ValueError, KeyError, AssertionError) as e:
+    raise ValueError(f"{path}: TFDS split {spec.split!r} is not a split of {spec.name!r} "
+                     f"(splits: {splits}): {_first_line(e)}") from None
+  if source is not None:
+    records: Iterator[Any] = (source[i] for i in range(len(source)))
+  else:
+    try:
+      import tensorflow  # pylint: disable=g-import-not-at-top,unused-import
+    except ImportError:
+      raise ImportError(
+          f"reading {path!r} needs TensorFlow: the dataset is stored as "
+          f"{builder.info.file_format.value} files, which only tf.data reads (pip install "
+          f"tensorflow-cpu), or prepare it again as array_record (file_format='array_record'), "
+          f"which is read without TensorFlow") from None
+    try:
+      records = iter(tfds.as_numpy(builder.as_dataset(split=spec.split, shuffle_files=False)))
+    except (ValueError, KeyError) as e:
+      raise ValueError(f"{path}: TFDS split {spec.split!r} is not a split of {spec.name!r} "
+                       f"(splits: {splits}): {_first_line(e)}") from None
+  for n, row in enumerate(records, start=1):
+    try:
+      yield n, _decode(row)
+    except UnicodeDecodeError as e:
+      yield n, _Bad(f"expected UTF-8 text, got an invalid byte at position {e.start + 1}")
 
 
 _READERS = {"jsonl": (_jsonl, "line"), "json": (_json, "item"), "parquet": (_parquet, "row"),
