@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from adaptive_rl.allocation import advantages as alloc_adv
 from adaptive_rl.rl import advantages as adv_lib
 
 TOL = dict(rtol=1e-6, atol=1e-6)
@@ -256,7 +257,6 @@ def test_group_metrics_empty_batch_is_zero_not_nan():
 
 def test_rl_advantages_re_exports_the_allocation_estimators():
   # One implementation: the group roles (allocation/) and the losses (rl/) use the same objects.
-  from adaptive_rl.allocation import advantages as alloc_adv  # pylint: disable=import-outside-toplevel
   for name in ("ADVANTAGE_ESTIMATORS", "compute_advantages", "group_advantages",
                "baseline_advantages", "clip_advantages", "raft_advantages"):
     assert getattr(adv_lib, name) is getattr(alloc_adv, name), name

@@ -85,8 +85,8 @@ def test_mopps_band_prefers_band_then_nearest(skewed):
     assert set(got.tolist()) == inside | set(outside[:B - len(inside)])
   with pytest.raises(ValueError, match="mode"):
     mopps.mopps_select(state, cands, rng, B, mode="nope")
-  with pytest.raises(ValueError, match="lam"):
-    mopps.MoPPSSettings(lam=1.5)
+  with pytest.raises(ValueError, match=r"allocator\.mopps\.lam must be in \[0\.0, 1\.0\]"):
+    mopps.MoPPSSelect(B, lam=1.5)
 
 
 # ----------------------------------------------------------------------------- DPS

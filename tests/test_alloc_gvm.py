@@ -96,8 +96,8 @@ def test_unknown_prompts_and_filters():
   np.testing.assert_array_equal(out, [3, 3, 2, 2])
   with pytest.raises(ValueError, match="n_unknown"):
     gvm.gvm_allocate(p, g, 10, n_unknown=8)
-  with pytest.raises(ValueError, match="GVMSettings.ema"):
-    gvm.GVMSettings(ema=1.0)
+  with pytest.raises(ValueError, match=r"allocator\.gvm\.ema"):
+    gvm.GVMBudget(4, 8, ema=1.0)
 
 
 def test_online_state_last_visit_and_ema():

@@ -136,17 +136,18 @@ def test_special_cases():
 
 def test_budget_validation_names_the_numbers():
   with pytest.raises(ValueError, match=r"total_budget=7 .*4 \* 2 = 8"):
-    ks.KnapsackSettings(batch_size=4, total_budget=7, n=2)
+    ks.check_budget(4, 7, 2, 2, 2, 2)
   with pytest.raises(ValueError, match="worst-case"):
-    ks.KnapsackSettings(batch_size=4, total_budget=16, n=8)
+    ks.check_budget(4, 16, 8, 2, 2, 2)
+  with pytest.raises(ValueError, match=r"allocator\.knapsack: .*worst-case"):
+    ks.KnapsackBudget(4, 8, n_pos=12)  # B n = 32 < B max(n, n_pos) = 48
   with pytest.raises(ValueError, match="n_up"):
-    ks.KnapsackSettings(batch_size=4, n_low=4, n_up=3)
+    ks.KnapsackBudget(4, 8, n_low=4, n_up=3)
   with pytest.raises(ValueError, match="total_budget=7"):
     ks.knapsack_allocate(jnp.zeros(4), jnp.ones(4, bool), jnp.ones(4, bool), 7, 2, 2, 8, 2, 2)
-  s = ks.KnapsackSettings(batch_size=4)
-  assert s.budget == 32
-  out = jax.jit(ks.knapsack_allocate_with, static_argnums=0)(
-      s, jnp.array([0.2, 0.5, 0.0, 1.0]), jnp.ones(4, bool), jnp.ones(4, bool))
+  s = ks.KnapsackBudget(4, 8)
+  assert s.num_slots == 32
+  out = jax.jit(s.allocate)(jnp.array([0.2, 0.5, 0.0, 1.0]), jnp.ones(4, bool), jnp.ones(4, bool))
   assert int(out.sum()) == 32
 
 

@@ -155,8 +155,8 @@ def test_vas_state_update():
   np.testing.assert_allclose(state.p, [0.5, 0.5, 0.0, 0.2])
   np.testing.assert_allclose(state.diversity, [0.0, 0.7, 0.0, 0.1])
   np.testing.assert_array_equal(state.seen, [False, True, True, True])
-  with pytest.raises(ValueError, match="VASSettings.lam"):
-    vas.VASSettings(lam=2.0)
+  with pytest.raises(ValueError, match=r"allocator\.vas\.lam"):
+    vas.VASSelect(4, lam=2.0)
 
 
 # ----------------------------------------------------------------------------- scale

@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 
 from adaptive_rl.allocation import reinforce_ada as ra
+from adaptive_rl.allocation.registry import build_allocator
+from adaptive_rl.allocation.roles import PoolView
 
 TAU = 0.7
 _form = jax.jit(ra.form_groups, static_argnames=("B", "n", "variant", "drop_one_class"))
@@ -127,8 +129,8 @@ def test_exits():
   np.testing.assert_array_equal(ra.exits(pos, neg, 4, "balanced"), [0, 0, 0, 1, 0])
   np.testing.assert_array_equal(ra.exits(pos, neg, 4, "positive"), [0, 1, 1, 1, 1])
   np.testing.assert_array_equal(ra.exits(pos, neg, 5, "balanced"), [0, 0, 0, 0, 0])
-  with pytest.raises(ValueError, match="variant"):
-    ra.ReinforceAdaSettings(variant="greedy")
+  with pytest.raises(ValueError, match=r"allocator\.reinforce_ada\.variant"):
+    ra.ReinforceAdaBudget(4, 4, variant="greedy")
 
 
 def test_plan_slots():
@@ -153,7 +155,6 @@ def test_plan_slots():
 def test_successive_elimination_loop():
   """The budget role's rounds (plan -> rewards -> observe) over a fixed slot batch, then the
   pool's groups against the reference rule."""
-  from adaptive_rl.allocation.registry import build_allocator  # pylint: disable=import-outside-toplevel
   b, rounds, s = 4, 3, 12
   budget = build_allocator(
       dict(name="reinforce_ada", reinforce_ada=dict(rounds=rounds, samples_per_round=s // b,
@@ -197,8 +198,6 @@ def test_balanced_group_std_uses_binarised_counts_like_its_baseline():
   taken from the prompt's binarised pool (P positives, N negatives):
   std = sqrt(P N / ((P + N) (P + N - 1))), the unbiased std of P ones and N zeros. With 0 / 1
   rewards that is the raw rewards' std; here the rewards are not binary, so it is not."""
-  from adaptive_rl.allocation.registry import build_allocator  # pylint: disable=import-outside-toplevel
-  from adaptive_rl.allocation.roles import PoolView  # pylint: disable=import-outside-toplevel
   rng = np.random.default_rng(11)
   b, n, t, tau = 5, 4, 80, 0.5
   rewards = rng.choice([0.0, 0.2, 0.4, 0.6, 0.9, 1.0], size=t)

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from adaptive_rl.allocation import budget as budgets
+from adaptive_rl.allocation.reinforce_ada import ReinforceAdaBudget
 from adaptive_rl.allocation.registry import PRESETS, build_allocator
 from adaptive_rl.allocation.simulate import pass_rates, simulate
 
@@ -56,7 +56,7 @@ def test_every_preset_simulates(name):
 
 
 def test_reinforce_ada_rounds_deal_slots_to_active_prompts():
-  b = budgets.ReinforceAdaBudget(4, n=2, rounds=3, samples_per_round=2, tau=0.5)
+  b = ReinforceAdaBudget(4, n=2, rounds=3, samples_per_round=2, tau=0.5)
   rs = b.start((), jnp.arange(4))
   plan = b.plan((), rs, 0)
   np.testing.assert_array_equal(plan.slot_prompt, [0, 0, 1, 1, 2, 2, 3, 3])
@@ -146,13 +146,16 @@ _FAST = ("reinforce_ada", "gvm", "dapo_filter")
     pytest.param(n, marks=() if n in _FAST else pytest.mark.slow) for n in sorted(PRESETS)])
 def test_preset_trains_end_to_end(name, tmp_path):
   from adaptive_rl.rl.config import parse_config
-  from adaptive_rl.rl.trainer import Trainer
-  trainer = Trainer(parse_config(_tiny_config(name)), str(tmp_path))
-  summary = trainer.run()
+  from adaptive_rl.rl.loop import train
+  from adaptive_rl.rl.run import build_run
+  from adaptive_rl.rl.session import Session
+  run = build_run(parse_config(_tiny_config(name)))
+  session = Session(run)
+  summary = train(run, str(tmp_path), session=session)
   assert summary["steps"] == 2 and summary["rollouts"] > 0
   lines = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
   assert len(lines) == 2
-  assert trainer._train_step._cache_size() == 1
+  assert session.rl_step.compiled_counts()["step"] == 1  # one program, compiled once
 
 
 def test_preset_settings_survive_a_config_full_of_defaults():
@@ -167,3 +170,63 @@ def test_preset_settings_survive_a_config_full_of_defaults():
   settings["reinforce_ada"]["variant"] = "positive"  # an explicit choice wins over the preset
   assert build_allocator(settings, batch_prompts=4, group_size=4, tau=0.5).budget.variant == (
       "positive")
+
+
+@pytest.mark.parametrize("path,arg", [
+    ("quickstart.py", ""), ("quickstart.py", "smoke=True,allocator=knapsack"),
+    ("qwen2_5_0_5b_gsm8k.py", ""), ("qwen2_5_0_5b_gsm8k.py", "smoke=True"),
+    ("qwen2_5_math_1_5b_math.py", "allocator=reinforce_ada")])
+def test_shipped_configs_carry_the_dataclass_defaults(path, arg):
+  """Every allocator value a config spells out (the Reinforce-Ada recipe's R = 4, M = 8
+  included) equals the role dataclasses' default, and the section validates at launch."""
+  from adaptive_rl.allocation.registry import default_settings, parse_allocator_settings
+  from adaptive_rl.rl.config import load_config_file  # pylint: disable=import-outside-toplevel
+  c = load_config_file(os.path.join(ROOT, "configs", path), arg)
+  settings = c.allocator.to_dict()
+  want = default_settings()
+  assert settings.pop("name") == (dict(a.split("=") for a in arg.split(",") if a)
+                                  .get("allocator", "uniform"))
+  want.pop("name")
+  assert settings == want
+  spec = parse_allocator_settings(c.allocator.to_dict())
+  a = build_allocator(spec, batch_prompts=c.rl.batch_prompts, group_size=c.rl.group_size,
+                      tau=c.rl.tau)
+  assert a.name == spec.name
+
+
+def test_requires_is_the_union_of_the_roles_statistics():
+  assert _alloc("gvm").requires == {"grad_norms"} and _alloc("gvm").needs_grad_norms
+  assert _alloc("vas").requires == {"diversity"} and _alloc("vas").needs_diversity
+  both = _alloc("gvm", select="vas")
+  assert both.requires == {"grad_norms", "diversity"}
+  assert both.needs_grad_norms and both.needs_diversity
+  for name in ("uniform", "knapsack", "reinforce_ada", "mopps", "dps", "dapo_filter"):
+    a = _alloc(name)
+    assert a.requires == frozenset() and not a.needs_grad_norms and not a.needs_diversity
+
+
+def test_settings_parse_and_validate_without_run_sizes():
+  from adaptive_rl.allocation.registry import AllocatorSpec, parse_allocator_settings
+  spec = parse_allocator_settings(dict(name="reinforce_ada_positive", select="mopps",
+                                       mopps=dict(ratio=8)))
+  assert isinstance(spec, AllocatorSpec)
+  assert (spec.name, spec.select, spec.budget, spec.group) == (
+      "reinforce_ada_positive", "mopps", "reinforce_ada", "balanced")
+  assert spec.section("reinforce_ada")["variant"] == "positive"  # the preset's
+  assert spec.section("mopps")["ratio"] == 8 and spec.section("mopps")["lam"] == 1.0
+  assert parse_allocator_settings(spec.to_dict()) == spec and hash(spec) == hash(spec)
+  a = build_allocator(spec, batch_prompts=4, group_size=4, tau=0.5)
+  assert a.select.ratio == 8 and a.budget.variant == a.group.variant == "positive"
+  for settings, message in [
+      (dict(mopps=dict(ratio=0)), r"allocator\.mopps\.ratio must be >= 1, got 0"),
+      (dict(mopps=dict(ratio="4")), r"allocator\.mopps\.ratio must be an int, got '4'"),
+      (dict(mopps=dict(mode="best")), r"allocator\.mopps\.mode must be one of"),
+      (dict(gvm=dict(ema=1.0)), r"allocator\.gvm\.ema must be in \[0\.0, 1\.0\), got 1\.0"),
+      (dict(reinforce_ada=dict(use_std=1)), r"allocator\.reinforce_ada\.use_std must be a bool"),
+      (dict(reinforce_ada=dict(variant="greedy")), r"allocator\.reinforce_ada\.variant"),
+      (dict(knapsack=dict(n_lo=1)), r"unknown allocator\.knapsack setting 'n_lo'"),
+      (dict(knapsak=dict()), r"unknown allocator setting 'knapsak'; did you mean 'knapsack'"),
+      (dict(budget="knapsak"), r"did you mean 'knapsack'\?; valid budget roles"),
+  ]:
+    with pytest.raises(ValueError, match=message):
+      parse_allocator_settings(settings)

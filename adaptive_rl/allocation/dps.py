@@ -40,6 +40,8 @@ A_j = A0 for j >= 1 and K = 0 (exact). K is about 57 at lam = 0.7, 28 at 0.5, 21
 `dps_materialise` brings every row up to date (O(P K); tests and inspection).
 
 Padding convention: an id outside [0, num_prompts) marks a padding row; its updates are dropped.
+
+The select role "dps" (`DPSSelect`, end of file) runs these inside the train step.
 """
 
 from __future__ import annotations
@@ -50,32 +52,15 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from adaptive_rl.allocation.fields import above, at_least, context, setting, validate, within
+from adaptive_rl.allocation.helpers import visited_ids
+from adaptive_rl.allocation.registry import register_select
+from adaptive_rl.allocation.roles import PromptStats, SelectRole
+
 NUM_STATES = 3
 ALL_WRONG, PARTIAL, ALL_RIGHT = 0, 1, 2
 _TOL = 1e-8  # L1 bound on the belief error of the catch-up's tail (see module docstring)
 _NEVER = -1  # `last` of a prompt never selected: its row is the prior and never predicts
-
-
-@dataclasses.dataclass(frozen=True)
-class DPSSettings:
-  """Static settings of DPS.
-
-  Attributes:
-    lam: count decay, in [0, 1] (0.7 MATH, 0.5 others).
-    a0: prior pseudo-count of every transition, > 0 (A0 = a0 * ones(3, 3)).
-    entropy_weight: weight of entropy(mu) in the selection score, >= 0.
-  """
-  lam: float = 0.7
-  a0: float = 1.0
-  entropy_weight: float = 0.0
-
-  def __post_init__(self):
-    if not 0.0 <= self.lam <= 1.0:
-      raise ValueError(f"DPSSettings.lam={self.lam} must be in [0, 1]")
-    if not self.a0 > 0:
-      raise ValueError(f"DPSSettings.a0={self.a0} must be > 0")
-    if self.entropy_weight < 0:
-      raise ValueError(f"DPSSettings.entropy_weight={self.entropy_weight} must be >= 0")
 
 
 _A, _MU, _PREV, _WIDTH = slice(0, 9), slice(9, 12), slice(12, 15), 16
@@ -283,3 +268,52 @@ def dps_update(state: DPSState, ids: jax.Array, observed_state: jax.Array, lam: 
       last=state.last.at[ids].set(jnp.maximum(last, step), mode="drop"),
       step=step,
   )
+
+
+# --- the select role ------------------------------------------------------------------------
+
+@register_select("dps")
+@dataclasses.dataclass(frozen=True)
+class DPSSelect(SelectRole[DPSState]):
+  """DPS: per-prompt HMM over {all-wrong, partial, all-right}; top mu[partial] candidates.
+
+  Attributes:
+    num_select: prompts kept per step (B).
+    ratio: candidates per kept prompt (the paper uses 8-32).
+    lam: transition-count decay (0.7 MATH, 0.5 others).
+    entropy_weight: weight of the belief entropy bonus in the score.
+    a0: prior transition count (all entries, A0 = a0 * ones(3, 3)).
+  """
+
+  num_select: int = context("num_prompts")
+  ratio: int = setting(4, at_least(1))
+  lam: float = setting(0.7, within(0.0, 1.0))
+  entropy_weight: float = setting(0.0, at_least(0.0))
+  a0: float = setting(1.0, above(0.0))
+
+  def __post_init__(self):
+    validate(self)
+
+  def candidates_per_step(self) -> int:
+    return self.ratio * self.num_select
+
+  def init(self, num_prompts: int, key: jax.Array) -> DPSState:
+    return dps_init(num_prompts, self.a0)
+
+  def select(self, state, candidates, rng):
+    return state, dps_select(state, candidates, self.num_select, self.entropy_weight, self.lam,
+                             self.a0)
+
+  def update(self, state, stats: PromptStats):
+    ids = visited_ids(stats, state.last.shape[0])
+    observed = observe_state(stats.num_correct, stats.num_samples)
+    return dps_update(state, ids, observed, self.lam, self.a0)
+
+  def summary(self, state) -> dict[str, jax.Array]:
+    # Beliefs as stored, i.e. as of each prompt's last observation: bringing every prompt up to
+    # date would make the step O(P) again (lazy catch-up, module docstring).
+    known = state.known
+    n = jnp.maximum(jnp.sum(known), 1)
+    mu = jnp.where(known[:, None], state.mu, 0.0)
+    return {"known_prompts": jnp.sum(known), "belief_partial": jnp.sum(mu[:, 1]) / n,
+            "belief_all_right": jnp.sum(mu[:, 2]) / n, "belief_all_wrong": jnp.sum(mu[:, 0]) / n}

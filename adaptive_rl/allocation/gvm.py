@@ -13,6 +13,9 @@ whole dataset) instead of a separate offline estimation stage; the estimation sa
 training samples.
 
 Padding convention: an id outside [0, num_prompts) marks a padding row; its updates are dropped.
+
+The budget role "gvm" (`GVMBudget`, end of file) runs these, with G_i from the per-row
+embedding-gradient norms the train step computes for it (`requires = {"grad_norms"}`).
 """
 
 from __future__ import annotations
@@ -23,40 +26,11 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-
-@dataclasses.dataclass(frozen=True)
-class GVMSettings:
-  """Static settings of GVM allocation.
-
-  Attributes:
-    alpha: > 0, default 1e-3.
-    beta: >= 1, default 2.
-    filter_threshold: zero weight when p > this; in (0, 1], 1.0 = off.
-    filter_insufficient: zero weight when p_i * n_i < this (one refinement pass); >= 0, 0 = off.
-    n_unknown: rollouts of a prompt with no estimate yet (>= 0).
-    ema: weight of the old estimate in the online refresh, in [0, 1); 0 = last visit.
-  """
-  alpha: float = 1e-3
-  beta: float = 2.0
-  filter_threshold: float = 1.0
-  filter_insufficient: float = 0.0
-  n_unknown: int = 8
-  ema: float = 0.0
-
-  def __post_init__(self):
-    if not self.alpha > 0:
-      raise ValueError(f"GVMSettings.alpha={self.alpha} must be > 0")
-    if not self.beta >= 1:
-      raise ValueError(f"GVMSettings.beta={self.beta} must be >= 1")
-    if not 0.0 < self.filter_threshold <= 1.0:
-      raise ValueError(f"GVMSettings.filter_threshold={self.filter_threshold} must be in (0, 1]")
-    if self.filter_insufficient < 0:
-      raise ValueError(
-          f"GVMSettings.filter_insufficient={self.filter_insufficient} must be >= 0")
-    if self.n_unknown < 0:
-      raise ValueError(f"GVMSettings.n_unknown={self.n_unknown} must be >= 0")
-    if not 0.0 <= self.ema < 1.0:
-      raise ValueError(f"GVMSettings.ema={self.ema} must be in [0, 1)")
+from adaptive_rl.allocation.fields import (above, at_least, context, setting, validate,
+                                          within)
+from adaptive_rl.allocation.helpers import OneRoundBudget, pass_rate, visited_ids
+from adaptive_rl.allocation.registry import register_budget
+from adaptive_rl.allocation.roles import PoolView, PromptStats
 
 
 def gvm_weights(p: jax.Array, G: jax.Array, alpha: float = 1e-3, beta: float = 2.0,
@@ -130,7 +104,7 @@ def gvm_allocate(p: jax.Array, G: jax.Array, total: int | jax.Array, alpha: floa
     p: [B] success rates.
     G: [B] gradient-norm proxies.
     total: total budget, a Python int (checked >= B * n_unknown) or a traced int32 scalar.
-    alpha, beta, filter_threshold, filter_insufficient: see `GVMSettings`.
+    alpha, beta, filter_threshold, filter_insufficient: see `GVMBudget`.
     eligible: [B] bool real prompts (None: all); ineligible get 0.
     known: [B] bool prompts with an estimate (None: all).
     n_unknown: static rollouts per unknown prompt.
@@ -217,3 +191,67 @@ def gvm_estimate(state: GVMState, ids: jax.Array) -> tuple[jax.Array, jax.Array,
   """(p [B], G [B], known [B]) of the prompts in `ids`; known = p observed at least once."""
   return (state.p.at[ids].get(mode="clip"), state.G.at[ids].get(mode="clip"),
           state.seen.at[ids].get(mode="clip"))
+
+
+# --- the budget role ------------------------------------------------------------------------
+
+@register_budget("gvm")
+@dataclasses.dataclass(frozen=True)
+class GVMBudget(OneRoundBudget[GVMState]):
+  """GVM: budgets proportional to the gradient-variance-minimising weights, refreshed online.
+
+  The estimates (p_i, G_i) come from each visit's rollouts (reused, not discarded); G_i is the
+  mean over correct samples of the norm of d(-sum_t log pi)/d(token embeddings), computed in
+  the train step. Prompts never seen get `n_unknown` rollouts (their estimation draw).
+
+  Attributes:
+    batch_prompts: B; the budget is N = B * group_size.
+    group_size: nominal n.
+    alpha: > 0, the formula's constant (1e-3).
+    beta: >= 1 (2).
+    filter_threshold: zero weight when p > this, in (0, 1]; 1.0 = off.
+    filter_insufficient: zero weight when p_i * n_i < this (one refinement pass); 0 = off.
+    n_unknown: rollouts of a never-seen prompt, at most n (0 = n).
+    ema: weight of old estimates when refreshing, in [0, 1) (0 = last visit).
+    adv_clip: the group role's advantage clip (the paper clips; 0 = the run's rl.adv_clip).
+  """
+
+  requires = frozenset({"grad_norms"})
+  batch_prompts: int = context("batch_prompts")
+  group_size: int = context("group_size")
+  alpha: float = setting(1e-3, above(0.0))
+  beta: float = setting(2.0, at_least(1.0))
+  filter_threshold: float = setting(1.0, within(0.0, 1.0, open_low=True))
+  filter_insufficient: float = setting(0.0, at_least(0.0))
+  n_unknown: int = setting(0, at_least(0))
+  ema: float = setting(0.0, within(0.0, 1.0, open_high=True))
+  adv_clip: float = setting(5.0, at_least(0.0))
+
+  def __post_init__(self):
+    validate(self)
+    if self.n_unknown > self.group_size:
+      raise ValueError(f"allocator.gvm.n_unknown must be <= the group size n = {self.group_size}"
+                       f" (unknown prompts' draws come out of the B n budget), got "
+                       f"{self.n_unknown}")
+
+  @property
+  def unknown_budget(self) -> int:
+    return self.n_unknown or self.group_size
+
+  def init(self, num_prompts: int) -> GVMState:
+    return gvm_init(num_prompts)
+
+  def start(self, state, ids):
+    p, g, known = gvm_estimate(state, ids)
+    return gvm_allocate(p, g, self.num_slots, self.alpha, self.beta, self.filter_threshold,
+                        self.filter_insufficient, known=known, n_unknown=self.unknown_budget)
+
+  def update(self, state, stats: PromptStats, pool: PoolView):
+    ids = visited_ids(stats, state.p.shape[0])
+    return gvm_update(state, ids, pass_rate(stats), stats.grad_norm, stats.num_correct > 0,
+                      self.ema)
+
+  def summary(self, state) -> dict[str, jax.Array]:
+    n = jnp.maximum(jnp.sum(state.seen), 1)
+    return {"seen_prompts": jnp.sum(state.seen),
+            "p_mean": jnp.sum(jnp.where(state.seen, state.p, 0.0)) / n}

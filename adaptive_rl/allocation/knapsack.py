@@ -19,6 +19,9 @@ marginal gains.
 
 Padding convention (shared by the whole `allocation` package): an id outside
 [0, num_prompts) marks a padding row; its state updates are dropped.
+
+The budget role "knapsack" (`KnapsackBudget`, end of file) spends one round of B n slots this
+way, its history updated inside the train step.
 """
 
 from __future__ import annotations
@@ -29,6 +32,11 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+
+from adaptive_rl.allocation.fields import at_least, context, setting, validate, within
+from adaptive_rl.allocation.helpers import OneRoundBudget, visited_ids
+from adaptive_rl.allocation.registry import register_budget
+from adaptive_rl.allocation.roles import PoolView, PromptStats
 
 
 # ----------------------------------------------------------------------------- settings
@@ -53,49 +61,6 @@ def check_budget(batch_size: int, total_budget: int, n: int, n_low: int, n_pos: 
         f"batch_size * max(n, n_low, n_pos, n_neg) = {batch_size} * "
         f"{max(n, n_low, n_pos, n_neg)} = {worst} (reached when every prompt is unknown); "
         f"allowed: total_budget >= {worst}")
-
-
-@dataclasses.dataclass(frozen=True)
-class KnapsackSettings:
-  """Static settings of Knapsack allocation.
-
-  Attributes:
-    batch_size: B, prompts per step (>= 1).
-    total_budget: rollouts per step; None means B * n. Must be >= B * max(n, n_low, n_pos, n_neg).
-    n: rollouts for an unknown prompt (>= 1); also the nominal group size.
-    n_low: N_low, minimum rollouts of a 0 < p < 1 prompt (>= 1).
-    n_up: N_up, maximum DP allocation of a prompt (>= n_low).
-    n_pos: rollouts of a p == 1 prompt before redistribution (>= 0).
-    n_neg: rollouts of a p == 0 prompt before redistribution (>= 0).
-    confidence: the 0.9 in cost(p) = ln(1 - 0.9) / ln(max(p, 1 - p)); in (0, 1).
-    window: history ring-buffer length (16, >= 1).
-    min_known: rewards needed before a prompt is known (8, >= 0).
-  """
-  batch_size: int
-  total_budget: int | None = None
-  n: int = 8
-  n_low: int = 2
-  n_up: int = 128
-  n_pos: int = 2
-  n_neg: int = 2
-  confidence: float = 0.9
-  window: int = 16
-  min_known: int = 8
-
-  def __post_init__(self):
-    for name, low in (("batch_size", 1), ("n", 1), ("n_low", 1), ("n_pos", 0), ("n_neg", 0),
-                      ("window", 1), ("min_known", 0)):
-      if getattr(self, name) < low:
-        raise ValueError(f"KnapsackSettings.{name}={getattr(self, name)} must be >= {low}")
-    if self.n_up < self.n_low:
-      raise ValueError(f"KnapsackSettings.n_up={self.n_up} must be >= n_low={self.n_low}")
-    if not 0.0 < self.confidence < 1.0:
-      raise ValueError(f"KnapsackSettings.confidence={self.confidence} must be in (0, 1)")
-    check_budget(self.batch_size, self.budget, self.n, self.n_low, self.n_pos, self.n_neg)
-
-  @property
-  def budget(self) -> int:
-    return self.batch_size * self.n if self.total_budget is None else self.total_budget
 
 
 # ----------------------------------------------------------------------------- value
@@ -312,7 +277,7 @@ def knapsack_allocate(p_hat: jax.Array, known: jax.Array, eligible_mask: jax.Arr
     known: [B] bool whether p_hat is trusted.
     eligible_mask: [B] bool real prompts (padding gets 0).
     total_budget: static total rollouts (>= B * max(n, n_low, n_pos, n_neg)).
-    n, n_low, n_up, n_pos, n_neg: static ints, as in `KnapsackSettings`.
+    n, n_low, n_up, n_pos, n_neg: static ints, as in `KnapsackBudget` (n = its group_size).
     confidence: the 0.9 of the cost formula.
 
   Returns:
@@ -359,9 +324,64 @@ def knapsack_allocate(p_hat: jax.Array, known: jax.Array, eligible_mask: jax.Arr
   return base + jnp.where(any_mid, mid_alloc, no_mid_alloc)
 
 
-def knapsack_allocate_with(settings: KnapsackSettings, p_hat: jax.Array, known: jax.Array,
-                           eligible_mask: jax.Array) -> jax.Array:
-  """`knapsack_allocate` with its static arguments taken from validated settings."""
-  return knapsack_allocate(p_hat, known, eligible_mask, settings.budget, settings.n,
-                           settings.n_low, settings.n_up, settings.n_pos, settings.n_neg,
-                           settings.confidence)
+# ----------------------------------------------------------------------------- the budget role
+
+
+@register_budget("knapsack")
+@dataclasses.dataclass(frozen=True)
+class KnapsackBudget(OneRoundBudget[KnapsackHistory]):
+  """Knapsack RL: per-prompt budgets maximising sum Value(N_i, p_i), sum N_i = B n.
+
+  Attributes:
+    batch_prompts: B.
+    group_size: n, the rollouts of an unknown prompt; the total budget is B n (one round).
+    n_low: N_low, minimum rollouts of a 0 < p < 1 prompt.
+    n_up: N_up >= n_low, maximum DP allocation of a prompt.
+    n_pos, n_neg: rollouts of a p == 1 / p == 0 prompt before redistribution.
+    confidence: the 0.9 in cost(p) = ln(1 - 0.9) / ln(max(p, 1 - p)).
+    window: history ring-buffer length W.
+    min_known: rewards needed before a prompt is known.
+    adv_clip: the group role's advantage clip (5 in the paper; 0 = the run's rl.adv_clip).
+  """
+
+  batch_prompts: int = context("batch_prompts")
+  group_size: int = context("group_size")
+  n_low: int = setting(2, at_least(1))
+  n_up: int = setting(128, at_least(1))
+  n_pos: int = setting(2, at_least(0))
+  n_neg: int = setting(2, at_least(0))
+  confidence: float = setting(0.9, within(0.0, 1.0, open_low=True, open_high=True))
+  window: int = setting(16, at_least(1))
+  min_known: int = setting(8, at_least(0))
+  adv_clip: float = setting(5.0, at_least(0.0))
+
+  def __post_init__(self):
+    validate(self)
+    if self.n_up < self.n_low:
+      raise ValueError(f"allocator.knapsack.n_up must be >= n_low = {self.n_low}, "
+                       f"got {self.n_up}")
+    try:
+      check_budget(self.batch_prompts, self.num_slots, self.group_size, self.n_low, self.n_pos,
+                   self.n_neg)
+    except ValueError as e:  # name the section, and where the budget comes from
+      raise ValueError(f"allocator.knapsack: {e} (the budget is B n = {self.batch_prompts} * "
+                       f"{self.group_size})") from None
+
+  def allocate(self, p_hat: jax.Array, known: jax.Array, eligible: jax.Array) -> jax.Array:
+    """`knapsack_allocate` of the B n budget with these settings. [B] -> [B] int32."""
+    return knapsack_allocate(p_hat, known, eligible, self.num_slots, self.group_size,
+                             self.n_low, self.n_up, self.n_pos, self.n_neg, self.confidence)
+
+  def init(self, num_prompts: int) -> KnapsackHistory:
+    return knapsack_history_init(num_prompts, self.window)
+
+  def start(self, state, ids):
+    p_hat, known = knapsack_estimate(state, ids, self.min_known)
+    return self.allocate(p_hat, known, jnp.ones(ids.shape, bool))
+
+  def update(self, state, stats: PromptStats, pool: PoolView):
+    ids = visited_ids(stats, state.total.shape[0])
+    return knapsack_history_update(state, ids, pool.rewards, pool.prompt, pool.valid)
+
+  def summary(self, state) -> dict[str, jax.Array]:
+    return {"known_prompts": jnp.sum(state.total >= self.min_known)}

@@ -11,6 +11,8 @@ Update (selected prompts only), with s = mean binarised reward over k samples:
 (the formula as written; the official code's operator-precedence bug at k = 1 is not copied).
 
 Padding convention: an id outside [0, num_prompts) marks a padding row; its updates are dropped.
+
+The select role "mopps" (`MoPPSSelect`, end of file) runs these inside the train step.
 """
 
 from __future__ import annotations
@@ -21,35 +23,13 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from adaptive_rl.allocation.fields import (above, at_least, context, one_of, setting, validate,
+                                          within)
+from adaptive_rl.allocation.helpers import histogram, pass_rate, visited_ids
+from adaptive_rl.allocation.registry import register_select
+from adaptive_rl.allocation.roles import PromptStats, SelectRole
+
 MODES = ("topk", "band")
-
-
-@dataclasses.dataclass(frozen=True)
-class MoPPSSettings:
-  """Static settings of MoPPS.
-
-  Attributes:
-    lam: posterior decay, in [0, 1] (1.0 MATH, 0.5 others).
-    a0, b0: Beta prior, > 0.
-    mode: "topk" or "band".
-    band: (low, high) gamma band of `band` mode, 0 <= low < high <= 1.
-  """
-  lam: float = 1.0
-  a0: float = 1.0
-  b0: float = 1.0
-  mode: str = "topk"
-  band: tuple[float, float] = (0.3, 0.7)
-
-  def __post_init__(self):
-    if not 0.0 <= self.lam <= 1.0:
-      raise ValueError(f"MoPPSSettings.lam={self.lam} must be in [0, 1]")
-    if not (self.a0 > 0 and self.b0 > 0):
-      raise ValueError(f"MoPPSSettings.a0={self.a0}, b0={self.b0} must both be > 0")
-    if self.mode not in MODES:
-      raise ValueError(f"MoPPSSettings.mode={self.mode!r} must be one of {MODES}")
-    low, high = self.band
-    if not 0.0 <= low < high <= 1.0:
-      raise ValueError(f"MoPPSSettings.band={self.band} must satisfy 0 <= low < high <= 1")
 
 
 class MoPPSState(NamedTuple):
@@ -137,3 +117,47 @@ def mopps_update(state: MoPPSState, ids: jax.Array, s: jax.Array, k: jax.Array,
 def mopps_mean(state: MoPPSState) -> jax.Array:
   """Posterior mean a / (a + b) of every prompt, [P] (for the state-summary metric)."""
   return state.a / (state.a + state.b)
+
+
+# --- the select role ------------------------------------------------------------------------
+
+@register_select("mopps")
+@dataclasses.dataclass(frozen=True)
+class MoPPSSelect(SelectRole[MoPPSState]):
+  """MoPPS: Beta(a, b) per prompt; pick the candidates whose Thompson draw is nearest 0.5.
+
+  Attributes:
+    num_select: prompts kept per step (B).
+    ratio: candidates per kept prompt (pool = ratio * B; the paper uses 8-16).
+    lam: posterior decay (1.0 MATH, 0.5 others).
+    mode: "topk" (smallest (gamma - 0.5)^2) or "band" (random among gamma in [0.3, 0.7]).
+    a0, b0: Beta prior.
+  """
+
+  num_select: int = context("num_prompts")
+  ratio: int = setting(4, at_least(1))
+  lam: float = setting(1.0, within(0.0, 1.0))
+  mode: str = setting("topk", one_of(*MODES))
+  a0: float = setting(1.0, above(0.0))
+  b0: float = setting(1.0, above(0.0))
+
+  def __post_init__(self):
+    validate(self)
+
+  def candidates_per_step(self) -> int:
+    return self.ratio * self.num_select
+
+  def init(self, num_prompts: int, key: jax.Array) -> MoPPSState:
+    return mopps_init(num_prompts, self.a0, self.b0)
+
+  def select(self, state, candidates, rng):
+    return state, mopps_select(state, candidates, rng, self.num_select, mode=self.mode)
+
+  def update(self, state, stats: PromptStats):
+    ids = visited_ids(stats, state.a.shape[0])
+    return mopps_update(state, ids, pass_rate(stats), stats.num_samples, self.lam, self.a0,
+                        self.b0)
+
+  def summary(self, state) -> dict[str, jax.Array]:
+    mean = mopps_mean(state)
+    return {"posterior_mean": jnp.mean(mean), **histogram(mean)}

@@ -21,6 +21,9 @@ every active prompt an almost equal share of the S slots, so fewer active prompt
 samples each and no slot idles while any prompt is active.
 
 Static shapes throughout: the per-step pool is a flat buffer of R * S samples (`roles.PoolView`).
+
+Roles (end of file): the budget "reinforce_ada" (the rounds) and the group "balanced" (the
+groups and baseline), both reading the settings `allocator.reinforce_ada.*`.
 """
 
 from __future__ import annotations
@@ -31,37 +34,13 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from adaptive_rl.allocation.advantages import compute_advantages
+from adaptive_rl.allocation.fields import at_least, context, one_of, setting, validate
+from adaptive_rl.allocation.helpers import compact
+from adaptive_rl.allocation.registry import register_budget, register_group
+from adaptive_rl.allocation.roles import BudgetRole, Groups, GroupRole, Plan, PoolView
+
 VARIANTS = ("balanced", "positive")
-
-
-@dataclasses.dataclass(frozen=True)
-class ReinforceAdaSettings:
-  """Static settings of Reinforce-Ada.
-
-  Attributes:
-    n: final group size (>= 2 for `balanced`, >= 1 for `positive`).
-    rounds: R, maximum rounds (>= 1).
-    samples_per_round: M, samples per active prompt in round 1 (>= 1); S = B * M slots.
-    tau: binarisation threshold, positive iff r > tau.
-    variant: "balanced" or "positive".
-    drop_one_class: drop groups that end up one-class (default; they carry A = 0).
-  """
-  n: int = 4
-  rounds: int = 4
-  samples_per_round: int = 8
-  tau: float = 0.7
-  variant: str = "balanced"
-  drop_one_class: bool = True
-
-  def __post_init__(self):
-    if self.variant not in VARIANTS:
-      raise ValueError(f"ReinforceAdaSettings.variant={self.variant!r} must be in {VARIANTS}")
-    low = 2 if self.variant == "balanced" else 1
-    if self.n < low:
-      raise ValueError(f"ReinforceAdaSettings.n={self.n} must be >= {low} for {self.variant}")
-    for name in ("rounds", "samples_per_round"):
-      if getattr(self, name) < 1:
-        raise ValueError(f"ReinforceAdaSettings.{name}={getattr(self, name)} must be >= 1")
 
 
 def exits(pos: jax.Array, neg: jax.Array, n: int, variant: str) -> jax.Array:
@@ -95,7 +74,7 @@ def counters_observe(state: AdaCounters, slot_prompt: jax.Array, slot_valid: jax
     slot_prompt: [S] int32 prompt index in [0, B) of each slot.
     slot_valid: [S] bool slot used.
     slot_reward: [S] rewards.
-    n, tau, variant: as in `ReinforceAdaSettings`.
+    n, tau, variant: as in `ReinforceAdaBudget`.
 
   Returns:
     Updated counters; active &= not exits(pos, neg).
@@ -213,3 +192,113 @@ def form_groups(pool_rewards: jax.Array, pool_prompt: jax.Array, pool_order: jax
     keep = keep & ~one_class[segc]
   p_hat = num_pos / jnp.maximum(avail, 1)
   return AdaGroups(keep, p_hat.astype(jnp.float32), one_class, num_pos, num_neg, kp + kn)
+
+
+# --- the roles ------------------------------------------------------------------------------
+
+_VARIANT = one_of(*VARIANTS)
+
+
+@register_budget("reinforce_ada")
+@dataclasses.dataclass(frozen=True)
+class ReinforceAdaBudget(BudgetRole[tuple, AdaCounters]):
+  """Reinforce-Ada successive elimination over a fixed slot batch S = B * M.
+
+  Round 0 gives every prompt M samples; each later round deals the S slots evenly over the
+  prompts still active (so fewer active prompts get more samples each, and no slot idles).
+  A prompt exits when it has floor(n/2) positives and n - floor(n/2) negatives ("balanced")
+  or one positive ("positive").
+
+  Attributes:
+    batch_prompts: B.
+    n: final group size (the run's group size; >= 2 for "balanced").
+    rounds: R, maximum rounds.
+    samples_per_round: M, samples per prompt in round 1; S = B M slots.
+    tau: binarisation threshold, positive iff r > tau.
+    variant: "balanced" | "positive".
+  """
+
+  batch_prompts: int = context("batch_prompts")
+  n: int = context("group_size")
+  rounds: int = setting(4, at_least(1))
+  samples_per_round: int = setting(8, at_least(1))
+  tau: float = setting(0.7)
+  variant: str = setting("balanced", _VARIANT)
+
+  def __post_init__(self):
+    validate(self)
+    low = 2 if self.variant == "balanced" else 1
+    if self.n < low:
+      raise ValueError(f"allocator.reinforce_ada.variant={self.variant!r} needs a group size "
+                       f"n >= {low}, got {self.n}")
+
+  @property
+  def num_slots(self) -> int:
+    return self.batch_prompts * self.samples_per_round
+
+  @property
+  def max_rounds(self) -> int:
+    return self.rounds
+
+  def start(self, state, ids: jax.Array) -> AdaCounters:
+    return counters_init(ids.shape[0])
+
+  def plan(self, state, round_state, round_idx) -> Plan:
+    return Plan(*plan_slots(round_state.active, self.num_slots))
+
+  def observe(self, round_state, plan: Plan, rewards: jax.Array):
+    c = counters_observe(round_state, plan.slot_prompt, plan.slot_valid, rewards, self.n,
+                         self.tau, self.variant)
+    return c, ~jnp.any(c.active)
+
+
+@register_group("balanced")
+@dataclasses.dataclass(frozen=True)
+class BalancedGroup(GroupRole):
+  """Reinforce-Ada group formation with the global-pool baseline.
+
+  Attributes:
+    num_groups: B.
+    n: final group size (training rows = B n).
+    tau, variant: the Reinforce-Ada settings (defaults: `ReinforceAdaBudget`'s).
+    use_std: divide by the std of the pool's binarised rewards (max(std, 1e-6)); off by default.
+    drop_one_class: drop groups whose kept samples are all of one class (their A is 0).
+    adv_clip: optional |A| bound.
+  """
+
+  section = "reinforce_ada"
+  num_groups: int = context("num_prompts")
+  n: int = context("group_size")
+  tau: float = setting()
+  variant: str = setting(check=_VARIANT)
+  use_std: bool = False
+  drop_one_class: bool = True
+  adv_clip: float | None = context("adv_clip", None)
+
+  def __post_init__(self):
+    validate(self)
+
+  def num_train_rows(self, pool_rows: int) -> int:
+    return self.num_groups * self.n
+
+  def form(self, pool: PoolView) -> Groups:
+    b = self.num_groups
+    g = form_groups(pool.rewards, pool.prompt, pool.order, pool.valid, b, self.n, self.tau,
+                    self.variant, self.drop_one_class)
+    prompt = jnp.minimum(pool.prompt, b - 1)
+    baseline = g.p_hat[prompt]
+    std = None
+    if self.use_std:
+      # The same binarised pool counts as p_hat (Reinforce-Ada's reference code): the unbiased
+      # std of the prompt's P ones and N zeros, sqrt(P N / ((P + N) (P + N - 1))). The raw
+      # rewards' std would mix scales with the binarised baseline unless rewards are 0 / 1.
+      pos, neg = g.num_pos.astype(jnp.float32), g.num_neg.astype(jnp.float32)
+      cnt = pos + neg
+      var = pos * neg / (jnp.maximum(cnt, 1.0) * jnp.maximum(cnt - 1.0, 1.0))
+      std = jnp.maximum(jnp.sqrt(var), 1e-6)[prompt]
+    # p_hat is the fraction of pool samples with reward > tau; with binary rewards it is the
+    # pool's mean reward, the global baseline of §3.
+    adv = compute_advantages("global_baseline", pool.rewards, g.keep, baseline=baseline, std=std,
+                             clip=self.adv_clip)
+    idx, valid = compact(g.keep, self.num_train_rows(pool.rewards.shape[0]))
+    return Groups(idx, valid, jnp.where(valid, adv[idx], 0.0), prompt[idx])

@@ -6,20 +6,32 @@ An RL step draws rollouts in rounds over a static slot batch and then trains on 
   budget  how many rollouts each, per round    start / plan / observe over R rounds of S slots
   group   which samples train, what baseline   form(pool) -> training rows + advantages
 
-Every role is a frozen dataclass of static settings with pure, jittable methods; its
+Every role is a frozen dataclass of static settings (its fields, see `fields.py`) with pure,
+jittable methods, typed by the Protocols below (`SelectRole`, `BudgetRole`, `GroupRole`); its
 per-prompt state is a pytree sized for the whole dataset and lives in the train state, and its
 `update` runs inside the jitted train step. The pool of one step is R * S rows (round r's slots
 at [r*S, (r+1)*S)); rows of rounds that did not run are invalid.
+
+A role that needs more than rewards from the train step declares it in `requires` (a subset of
+`STATISTICS`); the composed `Allocator.requires` is the union, and the step computes only those.
+Roles register by name from their own file (`registry.register`).
 """
 
 from __future__ import annotations
 
+import abc
 import dataclasses
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple, Protocol, TypeVar
 
 import jax
 import jax.numpy as jnp
 
+# What a role may ask the train step for, beyond rewards (each costs compute there):
+#   grad_norms  per-row norm of d(-sum_t log pi)/d(token embeddings) under the pre-update policy,
+#               averaged over a prompt's correct samples into PromptStats.grad_norm (GVM's G)
+#   diversity   per-row completion hashes, turned into PromptStats.diversity = distinct
+#               completions / samples (VAS)
+STATISTICS = frozenset({"grad_norms", "diversity"})
 
 
 class PromptStats(NamedTuple):
@@ -96,6 +108,110 @@ def prompt_stats(ids: jax.Array, pool: PoolView, tau: float, grad_norms: jax.Arr
       grad_norm=grad_norm.astype(jnp.float32), diversity=diversity.astype(jnp.float32))
 
 
+# --- the role protocols ---------------------------------------------------------------------
+
+StateT = TypeVar("StateT")  # a role's per-prompt state pytree (dataset-sized)
+RoundT = TypeVar("RoundT")  # a budget's per-step round state (counts so far, ...)
+
+
+class SelectRole(Protocol[StateT]):
+  """Which prompts a step trains on.
+
+  Draws `candidates_per_step()` ids from the data iterator and keeps `num_select` of them (the
+  budget's `num_prompts`). Subclass it explicitly to inherit the defaults (no state, no update,
+  no summary) and implement `select`.
+  """
+
+  requires: ClassVar[frozenset[str]] = frozenset()
+  num_select: int
+
+  def candidates_per_step(self) -> int:
+    return self.num_select
+
+  def init(self, num_prompts: int, key: jax.Array) -> StateT:
+    """Per-prompt state for a dataset of `num_prompts`."""
+    return ()  # type: ignore[return-value]
+
+  @abc.abstractmethod
+  def select(self, state: StateT, candidates: jax.Array,
+             rng: jax.Array) -> tuple[StateT, jax.Array]:
+    """[C] candidate ids -> (state, [num_select] chosen ids)."""
+
+  def update(self, state: StateT, stats: PromptStats) -> StateT:
+    """Refreshes the state from the step's per-prompt statistics (inside the train step)."""
+    return state
+
+  def summary(self, state: StateT) -> dict[str, jax.Array]:
+    """Scalars logged each step as alloc/<key>."""
+    return {}
+
+
+class BudgetRole(Protocol[StateT, RoundT]):
+  """How many rollouts each chosen prompt gets, over up to `max_rounds` rounds of `num_slots`.
+
+  Per step: `start(state, ids)` -> round state; per round `plan` lays out the S slots and
+  `observe` folds the round's rewards in and says whether the step is done; `update` refreshes
+  the per-prompt state in the train step.
+  """
+
+  requires: ClassVar[frozenset[str]] = frozenset()
+  # The advantage clip this budget's method prescribes for the group role (GVM and Knapsack
+  # clip at 5 for their variable group sizes); None / 0: the run's rl.adv_clip.
+  adv_clip: float | None = None
+  batch_prompts: int
+
+  @property
+  def num_prompts(self) -> int:
+    """Prompts chosen per step (B; DAPO draws fresh prompts each round: B x rounds)."""
+    return self.batch_prompts
+
+  @property
+  @abc.abstractmethod
+  def num_slots(self) -> int:
+    """S, static slots per round."""
+
+  @property
+  @abc.abstractmethod
+  def max_rounds(self) -> int:
+    """R, static round cap (the pool has R * S rows)."""
+
+  def init(self, num_prompts: int) -> StateT:
+    return ()  # type: ignore[return-value]
+
+  @abc.abstractmethod
+  def start(self, state: StateT, ids: jax.Array) -> RoundT:
+    """The round state of a step on the chosen prompts `ids` [num_prompts]."""
+
+  @abc.abstractmethod
+  def plan(self, state: StateT, round_state: RoundT, round_idx) -> Plan:
+    """Which chosen prompt each of round `round_idx`'s S slots serves."""
+
+  @abc.abstractmethod
+  def observe(self, round_state: RoundT, plan: Plan,
+              rewards: jax.Array) -> tuple[RoundT, jax.Array]:
+    """Folds the round's [S] rewards in; returns (round state, done)."""
+
+  def update(self, state: StateT, stats: PromptStats, pool: PoolView) -> StateT:
+    return state
+
+  def summary(self, state: StateT) -> dict[str, jax.Array]:
+    return {}
+
+
+class GroupRole(Protocol):
+  """Which samples of the step's pool train, and against which baseline (no state)."""
+
+  requires: ClassVar[frozenset[str]] = frozenset()
+
+  @abc.abstractmethod
+  def num_train_rows(self, pool_rows: int) -> int:
+    """T, the static number of training rows `form` returns."""
+
+  @abc.abstractmethod
+  def form(self, pool: PoolView) -> Groups:
+    """The pool -> T training rows (invalid rows have advantage 0)."""
+
+
 # --- the data iterator every select role draws candidates from ------------------------------
 
 class IteratorState(NamedTuple):
@@ -144,9 +260,9 @@ class Allocator:
   state from the step's `PromptStats` (inside the jitted train step).
   """
 
-  select: Any
-  budget: Any
-  group: Any
+  select: SelectRole[Any]
+  budget: BudgetRole[Any, Any]
+  group: GroupRole
   tau: float = 0.5  # binarisation threshold of rewards for counts and metrics
   name: str = "custom"
 
@@ -163,12 +279,18 @@ class Allocator:
     return self.group.num_train_rows(self.pool_rows)
 
   @property
+  def requires(self) -> frozenset[str]:
+    """The statistics (`STATISTICS`) the train step must compute for these roles: the union of
+    the roles' own `requires`."""
+    return self.select.requires | self.budget.requires | self.group.requires
+
+  @property
   def needs_grad_norms(self) -> bool:
-    return bool(getattr(self.budget, "needs_grad_norms", False))
+    return "grad_norms" in self.requires
 
   @property
   def needs_diversity(self) -> bool:
-    return bool(getattr(self.select, "needs_diversity", False))
+    return "diversity" in self.requires
 
   def init(self, num_prompts: int, key: jax.Array) -> dict[str, Any]:
     k1, k2 = jax.random.split(key)

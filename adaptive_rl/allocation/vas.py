@@ -9,6 +9,9 @@ VPS, the other B - floor(lam * B) uniformly. Scores are refreshed every T steps 
 dataset); a full re-roll is just writing fresh estimates.
 
 Padding convention: an id outside [0, num_prompts) marks a padding row; its updates are dropped.
+
+The select role "vas" (`VASSelect`, end of file) runs these inside the train step, with the
+diversity of each visit computed there from completion hashes (`requires = {"diversity"}`).
 """
 
 from __future__ import annotations
@@ -20,38 +23,10 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-
-@dataclasses.dataclass(frozen=True)
-class VASSettings:
-  """Static settings of VAS.
-
-  Attributes:
-    lam: fraction of the batch drawn by VPS, in [0, 1].
-    alpha: weight of P (1 - P), >= 0.
-    beta: weight of diversity, >= 0.
-    refresh_every: T, steps between score refreshes, >= 1.
-    p0: success-rate estimate of a never-seen prompt, in [0, 1] (0.5: maximally uncertain).
-    ema: weight of the old estimate in the online refresh, in [0, 1); 0 = last visit.
-  """
-  lam: float = 0.5
-  alpha: float = 0.8
-  beta: float = 0.2
-  refresh_every: int = 1
-  p0: float = 0.5
-  ema: float = 0.0
-
-  def __post_init__(self):
-    if not 0.0 <= self.lam <= 1.0:
-      raise ValueError(f"VASSettings.lam={self.lam} must be in [0, 1]")
-    for name in ("alpha", "beta"):
-      if getattr(self, name) < 0:
-        raise ValueError(f"VASSettings.{name}={getattr(self, name)} must be >= 0")
-    if self.refresh_every < 1:
-      raise ValueError(f"VASSettings.refresh_every={self.refresh_every} must be >= 1")
-    if not 0.0 <= self.p0 <= 1.0:
-      raise ValueError(f"VASSettings.p0={self.p0} must be in [0, 1]")
-    if not 0.0 <= self.ema < 1.0:
-      raise ValueError(f"VASSettings.ema={self.ema} must be in [0, 1)")
+from adaptive_rl.allocation.fields import at_least, context, setting, validate, within
+from adaptive_rl.allocation.helpers import pass_rate, visited_ids
+from adaptive_rl.allocation.registry import register_select
+from adaptive_rl.allocation.roles import PromptStats, SelectRole
 
 
 class VASState(NamedTuple):
@@ -153,3 +128,52 @@ def vas_select(scores: jax.Array, rng: jax.Array, B: int, lam: float = 0.5) -> j
   by_score = jnp.where(total > 0, jnp.minimum(by_score, num - 1), uniform_fallback)
   rest = jax.random.randint(k_unif, (B - k,), 0, num)
   return jnp.concatenate([by_score.astype(jnp.int32), rest.astype(jnp.int32)])
+
+
+# --- the select role ------------------------------------------------------------------------
+
+_P_UNSEEN = 0.5  # success-rate estimate of a never-seen prompt: maximally uncertain
+
+
+@register_select("vas")
+@dataclasses.dataclass(frozen=True)
+class VASSelect(SelectRole[VASState]):
+  """VAS: floor(lam B) prompts drawn by VPS = alpha P(1-P) + beta diversity, the rest uniform.
+
+  Scores come from the online estimates (last visit's pass rate, distinct-completion fraction
+  as diversity), refreshed every step from the rewards already observed; unseen prompts use
+  P = 0.5 and diversity 1 (maximal score, so they get explored).
+
+  Attributes:
+    num_select: prompts per step (B).
+    lam: fraction drawn by score.
+    alpha, beta: VPS weights.
+    ema: weight of the old estimate when refreshing P (0 = last visit).
+  """
+
+  requires = frozenset({"diversity"})
+  num_select: int = context("num_prompts")
+  lam: float = setting(0.5, within(0.0, 1.0))
+  alpha: float = setting(0.8, at_least(0.0))
+  beta: float = setting(0.2, at_least(0.0))
+  ema: float = setting(0.0, within(0.0, 1.0, open_high=True))
+
+  def __post_init__(self):
+    validate(self)
+
+  def init(self, num_prompts: int, key: jax.Array) -> VASState:
+    return vas_init(num_prompts, _P_UNSEEN, jnp.ones((num_prompts,), jnp.float32))
+
+  def select(self, state, candidates, rng):
+    scores = vps_scores(state.p, state.diversity, self.alpha, self.beta)
+    k = int(self.lam * self.num_select)
+    by_score = vas_select(scores, rng, self.num_select, self.lam)[:k]
+    return state, jnp.concatenate([by_score, candidates[:self.num_select - k]])
+
+  def update(self, state, stats: PromptStats):
+    ids = visited_ids(stats, state.p.shape[0])
+    return vas_update(state, ids, pass_rate(stats), self.ema, stats.diversity)
+
+  def summary(self, state) -> dict[str, jax.Array]:
+    scores = vps_scores(state.p, state.diversity, self.alpha, self.beta)
+    return {"vps_mean": jnp.mean(scores), "seen_prompts": jnp.sum(state.seen)}
