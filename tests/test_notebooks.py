@@ -18,6 +18,11 @@ NOTEBOOK_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__fi
                             "notebooks")
 NOTEBOOKS = sorted(glob.glob(os.path.join(NOTEBOOK_DIR, "*.ipynb")))
 CELL_TIMEOUT_S = 300
+# Notebooks whose every step a default-run test already covers run under `-m slow` only:
+# allocation.ipynb drives `allocation.simulate` and the presets, which tests/test_alloc_*.py
+# check (40 s of a busy 2-core CI run). The quickstart notebook (the trainer, end to end, and
+# what a first reader runs) stays in the default run.
+SLOW = ("allocation.ipynb",)
 KERNEL = "python3"
 
 
@@ -39,7 +44,9 @@ def _kernel_env() -> dict[str, str]:
   return env
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=[os.path.basename(p) for p in NOTEBOOKS])
+@pytest.mark.parametrize("path", [
+    pytest.param(p, marks=pytest.mark.slow if os.path.basename(p) in SLOW else ())
+    for p in NOTEBOOKS], ids=[os.path.basename(p) for p in NOTEBOOKS])
 def test_notebook_runs(path):
   _ensure_kernelspec()
   with open(path) as f:
