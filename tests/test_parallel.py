@@ -1,6 +1,6 @@
 """Parallel tests on 8 fake CPU devices: mesh and rule errors, param shardings follow the rules,
-sharded == unsharded (logits, gradients, greedy samples), batch / cache / state shardings, the
-memory estimate against XLA's buffer assignment, and a 2-process CPU run."""
+sharded == unsharded (logits, gradients, greedy samples), batch / cache / state shardings, XLA:CPU's
+thread pool sized for the fake devices (no collective deadlock), and a 2-process CPU run."""
 
 import functools
 import os
@@ -17,7 +17,6 @@ import pytest
 from jax.sharding import AxisType, PartitionSpec as P
 
 from adaptive_rl import models, parallel, sampling
-from adaptive_rl.rl.logprobs import completion_logprobs
 
 _RULES = parallel.DEFAULT_RULES
 _MESHES = {  # (data, fsdp, tensor, sequence)
@@ -222,70 +221,68 @@ def test_greedy_sampling_sharded_equals_unsharded(model):
                              rtol=1e-4, atol=1e-5)
 
 
-# --- memory estimate ------------------------------------------------------------------------
+# --- XLA:CPU runtime threads ---------------------------------------------------------------
 
 
-def _xla_train_step_bytes(cfg, batch, p, n, chunk, mesh=None):
-  """Bytes XLA assigns per device to a loss + grad + AdamW step (params and state donated)."""
-  opt = optax.adamw(1e-3)
-
-  def step(params, opt_state, prompts, plen, comp, clen):
-    def loss_fn(w):
-      return -completion_logprobs(cfg, w, prompts, plen, comp, clen, chunk_size=chunk)[0].mean()
-    loss, grads = jax.value_and_grad(loss_fn)(params)
-    updates, opt_state = opt.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss
-
-  params = jax.eval_shape(functools.partial(models.init, cfg), jax.random.key(0))
-  opt_state = jax.eval_shape(opt.init, params)
-  i32 = lambda *s: jax.ShapeDtypeStruct(s, jnp.int32)
-  args = (params, opt_state, i32(batch, p), i32(batch), i32(batch, n), i32(batch))
-  if mesh is None:
-    compiled = jax.jit(step, donate_argnums=(0, 1)).lower(*args).compile()
-  else:
-    ps = parallel.param_shardings(mesh, models.param_axes(cfg), _RULES, params)
-    ss = parallel.state_shardings(opt_state, params, ps, mesh)
-    ds = parallel.data_sharding(mesh)
-    with parallel.axis_rules(mesh, _RULES):
-      compiled = jax.jit(step, donate_argnums=(0, 1), in_shardings=(ps, ss, ds, ds, ds, ds),
-                         out_shardings=(ps, ss, parallel.replicated(mesh))
-                         ).lower(*args).compile()
-  m = compiled.memory_analysis()
-  return (m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
-          - m.alias_size_in_bytes)
+def test_fake_cpu_device_count_reads_the_environment():
+  count = parallel.fake_cpu_device_count
+  assert count({}) == 1
+  assert count({"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}) == 8
+  assert count({"XLA_FLAGS": "--xla_force_host_platform_device_count=2 --xla_dump_to=/tmp "
+                             "--xla_force_host_platform_device_count=4"}) == 4  # last wins
+  assert count({"XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+                "JAX_NUM_CPU_DEVICES": "2"}) == 2  # JAX's own setting overrides the flag
 
 
-@pytest.mark.parametrize("remat,mesh_shape", [("none", None), ("full", (2, 2, 2, 1))])
-def test_memory_estimate_within_2x_of_xla(remat, mesh_shape):
-  # Measured est / XLA on CPU: remat none 0.91 unsharded; remat full 1.17 on (2, 2, 2, 1)
-  # (and 1.03 unsharded, 0.97 for none on (2, 2, 2, 1)).
-  cfg = models.get_preset("nano", vocab_size=512, hidden_size=128, intermediate_size=384,
-                          num_layers=4, max_seq_len=128, remat=remat)
-  mesh = None if mesh_shape is None else _mesh(mesh_shape)
-  xla = _xla_train_step_bytes(cfg, 8, 32, 64, 16, mesh)
-  est = parallel.estimate_memory(cfg, batch=8, seq_len=96, completion_len=64, logprob_chunk=16,
-                                 mesh=mesh, rules=_RULES)
-  assert 0.5 <= est["train_total"] / xla <= 2.0, (est, xla)
+def test_collective_threads_are_twice_the_fake_devices():
+  eight = "--xla_force_host_platform_device_count=8"
+  env = {"XLA_FLAGS": eight, "NPROC": "2"}  # XLA's default pool: 8 threads on 2 cores
+  assert parallel.ensure_collective_threads(env) == 16 and env["PJRT_NPROC"] == "16"
+  env = {"XLA_FLAGS": eight, "NPROC": "2", "PJRT_NPROC": "12"}  # the user's choice stands
+  assert parallel.ensure_collective_threads(env) is None and env["PJRT_NPROC"] == "12"
+  env = {"XLA_FLAGS": eight, "NPROC": "32"}  # enough cores: XLA's default is left alone
+  assert parallel.ensure_collective_threads(env) is None and "PJRT_NPROC" not in env
+  env = {"NPROC": "1"}  # one device: no collectives
+  assert parallel.ensure_collective_threads(env) is None and "PJRT_NPROC" not in env
 
 
-def test_memory_estimate_scales_and_check_memory_fails_clearly():
-  cfg = models.get_preset("qwen2.5-0.5b")
-  kw = dict(batch=64, seq_len=1024, logprob_chunk=128, sample_batch=256, sample_len=1024)
-  one = parallel.estimate_memory(cfg, **kw)
-  assert one["num_params"] == cfg.num_params() and one["params"] == 4 * cfg.num_params()
-  fsdp = parallel.estimate_memory(cfg, mesh=dict(data=1, fsdp=8, tensor=1, sequence=1), **kw)
-  assert fsdp["params"] == pytest.approx(one["params"] / 8, rel=0.01)
-  assert fsdp["activations"] == pytest.approx(one["activations"] / 8, rel=0.01)
-  lora = parallel.estimate_memory(cfg, lora=True, ref_params=True, **kw)
-  assert lora["optimizer"] < one["optimizer"] / 50 and lora["ref_params"] == 0
-  remat = parallel.estimate_memory(cfg, remat="full", **kw)
-  assert remat["activations"] < one["activations"] / 4
-  assert one["kv_cache"] == 2 * 24 * 256 * 1024 * 2 * 64 * 4
-  parallel.check_memory(one, None)  # unknown device memory (CPU): no check
-  parallel.check_memory(one, 10 * one["peak"])
-  with pytest.raises(parallel.MemoryEstimateError, match=r"exceeds 90% of the device's "
-                                                         r"16.00 GiB.*activations=.*mesh.fsdp"):
-    parallel.check_memory(one, 16 * 1024 ** 3)
+_ASYNC_COLLECTIVES = textwrap.dedent("""
+    import os
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+    os.environ["JAX_PLATFORMS"] = "cpu"
+    os.environ["NPROC"] = "2"  # XLA's default pool as on a 2-core machine, on any machine
+    os.environ.pop("PJRT_NPROC", None)
+    from adaptive_rl import parallel  # before JAX's first computation, as every entry point
+    import jax
+    import jax.numpy as jnp
+    from jax.sharding import NamedSharding, PartitionSpec as P
+    print("PJRT_NPROC", os.environ.get("PJRT_NPROC"), flush=True)
+    mesh = parallel.make_mesh(parallel.MeshConfig(data=2, fsdp=2, tensor=2))
+    x = jax.device_put(jnp.ones((64, 64)), parallel.data_sharding(mesh))
+    w = jax.device_put(jnp.ones((64, 64)), parallel.replicated(mesh))
+    # A data-parallel "step": the batch split over data x fsdp, its sum all-reduced.
+    step = jax.jit(lambda w, x: (w + 1e-3 * jnp.tanh(x @ w).mean(), (x @ w).sum()),
+                   out_shardings=(parallel.replicated(mesh), parallel.replicated(mesh)),
+                   donate_argnums=0)
+    for _ in range(1000):  # dispatched asynchronously, far more than 32 steps ahead
+      w, loss = step(w, x)
+    print("DONE", float(loss), flush=True)
+""")
+
+
+def test_async_collective_loop_on_more_fake_devices_than_cores_finishes(tmp_path):
+  """8 fake devices on (what XLA takes for) 2 cores: 1000 asynchronously dispatched all-reduce
+  steps. With XLA:CPU's default pool of max(cores, devices) threads, launches parked on the
+  32-deep in-flight semaphore starve the running collective of threads, and XLA aborts after 40 s
+  ("Expected 8 threads to join the rendezvous, but only 6 of them arrived")."""
+  script = tmp_path / "collectives.py"
+  script.write_text(_ASYNC_COLLECTIVES)
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
+  out = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True,
+                       timeout=300)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "PJRT_NPROC 16" in out.stdout and "DONE" in out.stdout, out.stdout
 
 
 # --- multi-process --------------------------------------------------------------------------

@@ -10,13 +10,15 @@ This is the only package that builds `NamedSharding`s. Model code names logical 
                         rules=rules)
   with axis_rules(mesh, rules):
     logits, _ = jax.jit(functools.partial(models.apply, cfg))(params, shard_batch(mesh, tokens))
+
+Importing this package sizes XLA:CPU's thread pool for the fake CPU device count
+(`cpu_runtime.ensure_collective_threads`), so it must come before JAX's first computation. It
+imports no other adaptive_rl package (the run's memory estimate is `adaptive_rl.rl.memory`).
 """
 
-from adaptive_rl.parallel.memory import (
-    MemoryEstimateError,
-    check_memory,
-    device_memory_bytes,
-    estimate_memory,
+from adaptive_rl.parallel.cpu_runtime import (
+    ensure_collective_threads,
+    fake_cpu_device_count,
 )
 from adaptive_rl.parallel.mesh import (
     MESH_AXES,
@@ -47,3 +49,8 @@ from adaptive_rl.parallel.sharding import (
     normalize_rules,
     validate_rules,
 )
+
+# Before JAX creates its CPU backend (importing JAX does not; the first device query does): with
+# more fake CPU devices than cores, XLA:CPU needs more runtime threads than it starts with, or
+# its collectives deadlock (see cpu_runtime).
+ensure_collective_threads()

@@ -25,8 +25,12 @@ from adaptive_rl.allocation.roles import Allocator
 from adaptive_rl.parallel import KV_CACHE_AXES, make_mesh, validate_rules
 from adaptive_rl.rl.config import ConfigError, RunConfig
 from adaptive_rl.rl.losses import policy_loss
-from adaptive_rl.parallel import MemoryEstimateError, check_memory, device_memory_bytes
-from adaptive_rl.parallel import estimate_memory
+from adaptive_rl.rl.memory import (
+    MemoryEstimateError,
+    check_memory,
+    device_memory_bytes,
+    estimate_memory,
+)
 from adaptive_rl.rl.step import StepConfig
 from adaptive_rl.sampling import Greedy, SamplerConfig, check_prompt_fits, make_strategy
 from adaptive_rl.tasks.builtin import make_task

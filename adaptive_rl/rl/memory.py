@@ -42,8 +42,9 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from adaptive_rl.parallel.mesh import MESH_AXES
-from adaptive_rl.parallel.sharding import DEFAULT_RULES, Rules, logical_to_spec, normalize_rules
+from adaptive_rl import models
+from adaptive_rl.parallel import MESH_AXES, DEFAULT_RULES, logical_to_spec, normalize_rules
+from adaptive_rl.parallel.sharding import Rules
 
 _GIB = 1024 ** 3
 _OPTIMIZER_STATES = {"adamw": 2, "adam": 2, "lion": 1, "momentum": 1, "sgd": 0}
@@ -66,9 +67,8 @@ def _mesh_shape(mesh: Mesh | Mapping[str, int] | None) -> dict[str, int]:
 def _param_elements_per_device(model_cfg: Any, mesh_shape: dict[str, int],
                                rules: Rules) -> tuple[int, int]:
   """(elements per device, total elements) of the params under the rules' sharding."""
-  from adaptive_rl.models import transformer  # models imports parallel: import lazily.
-  shapes = jax.eval_shape(functools.partial(transformer.init, model_cfg), jax.random.key(0))
-  axes = transformer.param_axes(model_cfg)
+  shapes = jax.eval_shape(functools.partial(models.init, model_cfg), jax.random.key(0))
+  axes = models.param_axes(model_cfg)
   mesh = _MeshShape(mesh_shape)
   per_device, total = 0, 0
   for ax, leaf in zip(jax.tree.leaves(axes, is_leaf=lambda x: isinstance(x, tuple)),
